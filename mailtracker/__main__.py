@@ -1,0 +1,3 @@
+from mailtracker.cli import main
+
+main()

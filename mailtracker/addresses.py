@@ -1,0 +1,56 @@
+"""Validation of e-mail addresses and display names (pure; no DNS)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# A practical subset of RFC 5321/5322: dot-atom local part, dotted domain with a TLD.
+# Internationalised local parts are refused on purpose: municipal servers rarely accept SMTPUTF8.
+_LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_LABEL = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+_EMAIL_RE = re.compile(rf"^{_LOCAL}@(?:{_LABEL}\.)+{_LABEL}$")
+
+
+def check_email(address: str) -> str:
+    """Return the address normalised (domain lower-cased) or raise ``ValueError``."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in address):
+        raise ValueError("e-mail address must not contain control characters (CR/LF)")
+    address = address.strip()
+    if len(address) > 254 or not _EMAIL_RE.match(address):
+        raise ValueError(f"not a valid e-mail address: {address!r}")
+    local, _, domain = address.rpartition("@")
+    if len(local) > 64:
+        raise ValueError(f"local part longer than 64 characters: {address!r}")
+    return f"{local}@{domain.lower()}"
+
+
+def check_display_name(name: str) -> str:
+    """Return the name stripped, or raise ``ValueError`` for control characters or empties.
+
+    Any Unicode letter, comma or punctuation is fine (``Hansen, Bjørn``, ``Søren Ærø-Åse``);
+    CR, LF, NUL, other C0/C1 controls and bidi overrides are not.
+    """
+    for ch in name:
+        cat = unicodedata.category(ch)
+        if cat in {"Cc", "Cf", "Zl", "Zp"}:
+            raise ValueError("name must not contain control characters (such as CR or LF)")
+    name = " ".join(name.split())
+    if not name:
+        raise ValueError("name must not be empty")
+    if len(name) > 200:
+        raise ValueError("name is longer than 200 characters")
+    return name
+
+
+def first_name(name: str) -> str:
+    """``'Hansen, Bjørn'`` → ``'Bjørn'``; ``'Søren Ærø-Åse'`` → ``'Søren'``."""
+    if "," in name:
+        after = name.split(",", 1)[1].strip()
+        if after:
+            return after.split()[0]
+    return name.split()[0]
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()

@@ -1,0 +1,394 @@
+"""Configuration: TOML file + environment → frozen ``Settings``.
+
+All validation happens here, and every error names the file and the key. Nothing is read at
+import time. Secrets are never part of ``Settings``: only *where* to get them
+(``password_env``, ``password_command``, keyring), resolved later by ``secrets.py``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from mailtracker.addresses import check_email
+from mailtracker.errors import ConfigError
+
+TlsMode = Literal["implicit", "starttls", "none"]
+AuthMethod = Literal["password", "oauth2"]
+PostAction = Literal["none", "keyword", "move"]
+SenderAuth = Literal["dmarc", "allowlist"]
+
+DEFAULT_CONFIG_RELPATH = Path("config") / "mailtracker.toml"
+CONFIG_ENV = "MAILTRACKER_CONFIG"
+
+# Keys whose presence in a config file means the file holds a secret.
+_SECRET_KEYS = frozenset({"password", "secret", "client_secret", "token", "access_token"})
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    """Where a password comes from. Exactly one is used, in this order."""
+
+    password_env: str | None = None
+    password_command: str | None = None
+    keyring: bool = False
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    tls: TlsMode
+    username: str | None
+    secret: SecretSource
+    ca_file: Path | None
+    from_address: str
+    from_name: str
+    timeout: float = 30.0
+    auth: AuthMethod = "password"
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    host: str
+    port: int
+    tls: TlsMode
+    username: str
+    secret: SecretSource
+    ca_file: Path | None
+    folder: str = "INBOX"
+    since: date | None = None
+    post_action: PostAction = "none"
+    move_to: str = "Behandlet"
+    keyword: str = "mailtracker"
+    timeout: float = 60.0
+    idle: bool = True
+    max_message_bytes: int = 25 * 1024 * 1024
+    auth: AuthMethod = "password"
+
+
+@dataclass(frozen=True)
+class TrustSettings:
+    authserv_id: str | None
+    sender_auth: SenderAuth = "dmarc"
+    sender_domains: tuple[str, ...] = ("eg.dk",)
+    signing_domains: tuple[str, ...] = ("penneo.com", "addo.dk", "addosign.com")
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path  # the config file
+    organisation: str
+    task_definition: str  # a name under config/tasks/ or a path
+    language: str
+    store_path: Path
+    smtp: SmtpSettings | None
+    imap: ImapSettings | None
+    trust: TrustSettings
+    templates_dir: Path | None = None  # override of the packaged templates
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def config_dir(self) -> Path:
+        return self.path.parent
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str],
+                        cwd: Path | None = None) -> Path:
+    """``--config``, else ``$MAILTRACKER_CONFIG``, else ``./config/mailtracker.toml``."""
+    if explicit:
+        return Path(explicit)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    return (cwd or Path.cwd()) / DEFAULT_CONFIG_RELPATH
+
+
+def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the config file at ``path``."""
+    del environ  # secrets are resolved lazily by secrets.py; kept for a stable signature
+    try:
+        raw_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            "config file not found (create one with 'mailtracker init')", path=path
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", path=path) from None
+    try:
+        data = tomllib.loads(raw_bytes.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("config file is not UTF-8", path=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", path=path) from None
+    _refuse_inline_secrets(data, path)
+    return _build(data, path.resolve())
+
+
+def _refuse_inline_secrets(data: Mapping[str, Any], path: Path, prefix: str = "") -> None:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            _refuse_inline_secrets(value, path, dotted + ".")
+        elif key in _SECRET_KEYS:
+            readable = _readable_by_others(path)
+            extra = " and the file is readable by other users" if readable else ""
+            raise ConfigError(
+                "secrets do not belong in the config file" + extra + "; use password_env, "
+                "password_command or the keyring instead",
+                path=path, key=dotted,
+            )
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & (stat.S_IRGRP | stat.S_IROTH))
+
+
+class _Section:
+    """Typed access to one TOML table; every error names file and key."""
+
+    def __init__(self, data: Mapping[str, Any], name: str, path: Path):
+        self.data = data
+        self.name = name
+        self.path = path
+
+    def _err(self, key: str, message: str) -> ConfigError:
+        return ConfigError(message, path=self.path, key=f"{self.name}.{key}")
+
+    def unknown_keys(self, allowed: set[str]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                raise self._err(key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self.data.get(key, default)
+        if value is None:
+            if required:
+                raise self._err(key, "is required")
+            return None
+        if not isinstance(value, str):
+            raise self._err(key, f"must be a string, not {type(value).__name__}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise self._err(key, "must not contain control characters")
+        if required and not value.strip():
+            raise self._err(key, "must not be empty")
+        return value
+
+    def req_str(self, key: str, default: str | None = None) -> str:
+        value = self.str(key, default, required=True)
+        assert value is not None
+        return value
+
+    def int(self, key: str, default: int, lo: int, hi: int) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._err(key, f"must be a whole number, not {value!r}")
+        if not lo <= value <= hi:
+            raise self._err(key, f"must be between {lo} and {hi}, not {value}")
+        return value
+
+    def float(self, key: str, default: float, lo: float, hi: float) -> float:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._err(key, f"must be a number of seconds, not {value!r}")
+        if not lo <= float(value) <= hi:
+            raise self._err(key, f"must be between {lo} and {hi}, not {value}")
+        return float(value)
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self._err(key, f"must be true or false, not {value!r}")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.req_str(key, default)
+        if value not in choices:
+            raise self._err(key, f"must be one of {', '.join(repr(c) for c in choices)}, "
+                                 f"not {value!r}")
+        return value
+
+    def str_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.data.get(key, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._err(key, "must be a list of strings")
+        return tuple(v.strip().lower() for v in value)
+
+    def path_(self, key: str, base: Path) -> Path | None:
+        value = self.str(key)
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base / p
+
+    def existing_file(self, key: str, base: Path) -> Path | None:
+        p = self.path_(key, base)
+        if p is not None and not p.is_file():
+            raise self._err(key, f"file not found: {p}")
+        return p
+
+
+def _section(data: Mapping[str, Any], name: str, path: Path) -> _Section:
+    value = data.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table", path=path, key=name)
+    return _Section(value, name, path)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower() in {"localhost", "localhost.localdomain"}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _secret_source(sec: _Section) -> SecretSource:
+    return SecretSource(
+        password_env=sec.str("password_env"),
+        password_command=sec.str("password_command"),
+        keyring=sec.bool("keyring", False),
+    )
+
+
+def _tls(sec: _Section, host: str) -> TlsMode:
+    tls = cast(TlsMode, sec.choice("tls", "starttls" if sec.name == "smtp" else "implicit",
+                                   ("implicit", "starttls", "none")))
+    if tls == "none" and not is_loopback_host(host):
+        raise sec._err("tls", f'"none" is only allowed for a loopback host, not {host!r}; '
+                              'use "starttls" or "implicit"')
+    return tls
+
+
+_SMTP_KEYS = {"host", "port", "tls", "username", "password_env", "password_command", "keyring",
+              "ca_file", "from_address", "from_name", "timeout", "auth"}
+_IMAP_KEYS = {"host", "port", "tls", "username", "password_env", "password_command", "keyring",
+              "ca_file", "folder", "since", "post_action", "move_to", "keyword", "timeout",
+              "idle", "max_message_bytes", "auth"}
+
+
+def _smtp(data: Mapping[str, Any], path: Path) -> SmtpSettings | None:
+    if "smtp" not in data:
+        return None
+    sec = _section(data, "smtp", path)
+    sec.unknown_keys(_SMTP_KEYS)
+    host = sec.req_str("host")
+    tls = _tls(sec, host)
+    from_address = sec.req_str("from_address")
+    try:
+        check_email(from_address)
+    except ValueError as exc:
+        raise sec._err("from_address", str(exc)) from None
+    return SmtpSettings(
+        host=host,
+        port=sec.int("port", 465 if tls == "implicit" else 587, 1, 65535),
+        tls=tls,
+        username=sec.str("username"),
+        secret=_secret_source(sec),
+        ca_file=sec.existing_file("ca_file", path.parent),
+        from_address=from_address,
+        from_name=sec.req_str("from_name", from_address),
+        timeout=sec.float("timeout", 30.0, 1.0, 600.0),
+        auth=cast(AuthMethod, sec.choice("auth", "password", ("password", "oauth2"))),
+    )
+
+
+def _imap(data: Mapping[str, Any], path: Path) -> ImapSettings | None:
+    if "imap" not in data:
+        return None
+    sec = _section(data, "imap", path)
+    sec.unknown_keys(_IMAP_KEYS)
+    host = sec.req_str("host")
+    tls = _tls(sec, host)
+    since_raw = sec.data.get("since")
+    since: date | None
+    if since_raw is None:
+        since = None
+    elif isinstance(since_raw, date):
+        since = since_raw
+    elif isinstance(since_raw, str):
+        try:
+            since = date.fromisoformat(since_raw)
+        except ValueError:
+            raise sec._err("since", f"must be a date like 2026-01-01, not {since_raw!r}") from None
+    else:
+        raise sec._err("since", f"must be a date like 2026-01-01, not {since_raw!r}")
+    post_action = cast(PostAction, sec.choice("post_action", "none", ("none", "keyword", "move")))
+    return ImapSettings(
+        host=host,
+        port=sec.int("port", 993 if tls == "implicit" else 143, 1, 65535),
+        tls=tls,
+        username=sec.req_str("username"),
+        secret=_secret_source(sec),
+        ca_file=sec.existing_file("ca_file", path.parent),
+        folder=sec.req_str("folder", "INBOX"),
+        since=since,
+        post_action=post_action,
+        move_to=sec.req_str("move_to", "Behandlet"),
+        keyword=sec.req_str("keyword", "mailtracker"),
+        timeout=sec.float("timeout", 60.0, 1.0, 3600.0),
+        idle=sec.bool("idle", True),
+        max_message_bytes=sec.int("max_message_bytes", 25 * 1024 * 1024, 1024, 2**31),
+        auth=cast(AuthMethod, sec.choice("auth", "password", ("password", "oauth2"))),
+    )
+
+
+def _trust(data: Mapping[str, Any], path: Path) -> TrustSettings:
+    sec = _section(data, "trust", path)
+    sec.unknown_keys({"authserv_id", "sender_auth", "sender_domains", "signing_domains"})
+    mode = cast(SenderAuth, sec.choice("sender_auth", "dmarc", ("dmarc", "allowlist")))
+    authserv_id = sec.str("authserv_id")
+    if mode == "dmarc" and "imap" in data and not authserv_id:
+        raise sec._err("authserv_id", 'is required when sender_auth = "dmarc" (the name your '
+                                      "receiving server writes in Authentication-Results; "
+                                      "'mailtracker check' suggests it)")
+    defaults = TrustSettings(authserv_id=None)
+    return TrustSettings(
+        authserv_id=authserv_id.strip().lower() if authserv_id else None,
+        sender_auth=mode,
+        sender_domains=sec.str_list("sender_domains", defaults.sender_domains),
+        signing_domains=sec.str_list("signing_domains", defaults.signing_domains),
+    )
+
+
+_TOP_KEYS = {"organisation", "task", "store", "smtp", "imap", "trust", "templates", "oauth2",
+             "followups"}
+
+
+def _build(data: Mapping[str, Any], path: Path) -> Settings:
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"unknown section (allowed: {', '.join(sorted(_TOP_KEYS))})",
+                              path=path, key=key)
+    org = _section(data, "organisation", path)
+    org.unknown_keys({"name"})
+    task = _section(data, "task", path)
+    task.unknown_keys({"definition", "language"})
+    store = _section(data, "store", path)
+    store.unknown_keys({"path"})
+    templates = _section(data, "templates", path)
+    templates.unknown_keys({"dir"})
+    store_path = store.path_("path", path.parent) or path.parent / "mailtracker.json"
+    return Settings(
+        path=path,
+        organisation=org.req_str("name"),
+        task_definition=task.req_str("definition", "efaktura-8b"),
+        language=task.choice("language", "da", ("da", "en")),
+        store_path=store_path,
+        smtp=_smtp(data, path),
+        imap=_imap(data, path),
+        trust=_trust(data, path),
+        templates_dir=templates.path_("dir", path.parent),
+        extra={k: v for k, v in data.items() if k in {"oauth2", "followups"}},
+    )

@@ -1,0 +1,178 @@
+"""The one exception tree of mailtracker and the exit codes it maps to.
+
+Every error a user can cause or meet (bad config, a dead server, a locked store) is a
+``MailtrackerError`` subclass. ``cli.py`` turns them into a one-line message and the named exit
+code of the class; nothing else in the code base calls ``sys.exit``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from pathlib import Path
+
+
+class ExitStatus(IntEnum):
+    """Process exit codes. Stable: scripts and systemd units may depend on them."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2  # click's own code for bad options
+    CONFIG = 3
+    STORE = 4
+    LOCKED = 5
+    SMTP = 6
+    IMAP = 7
+    TEMPLATE = 8
+    INVALID_INPUT = 9
+    CHECK_FAILED = 10
+    DELIVERY_FAILED = 11
+    DEMO_FAILED = 12
+    AUTH = 13
+    INTERRUPTED = 130
+
+
+class MailtrackerError(Exception):
+    """Root of every error mailtracker reports to a user."""
+
+    exit_status: ExitStatus = ExitStatus.ERROR
+
+
+class ConfigError(MailtrackerError):
+    """The configuration is missing, unreadable or invalid. Names the file and the key."""
+
+    exit_status = ExitStatus.CONFIG
+
+    def __init__(self, message: str, *, path: Path | None = None, key: str | None = None):
+        self.path = path
+        self.key = key
+        where = ""
+        if path is not None:
+            where = f"{path}"
+            if key:
+                where += f": [{key}]" if "." not in key else f": {key}"
+            where += ": "
+        elif key:
+            where = f"{key}: "
+        super().__init__(f"{where}{message}")
+
+
+class SecretError(ConfigError):
+    """A password or token could not be obtained (env var unset, command failed, …)."""
+
+
+class TaskDefinitionError(ConfigError):
+    """The task definition (config/tasks/*.toml) is invalid."""
+
+
+class InvalidInputError(MailtrackerError, ValueError):
+    """A value given on the command line is invalid (address, role, name, milestone)."""
+
+    exit_status = ExitStatus.INVALID_INPUT
+
+
+class NotFoundError(InvalidInputError, LookupError):
+    """The named recipient, quarantine entry or milestone does not exist."""
+
+
+class TemplateError(MailtrackerError):
+    """A mail template is missing, fails to render, or renders an unsafe header."""
+
+    exit_status = ExitStatus.TEMPLATE
+
+    def __init__(self, message: str, *, template: str | None = None):
+        self.template = template
+        super().__init__(f"template {template}: {message}" if template else message)
+
+
+class StoreError(MailtrackerError):
+    """The state file cannot be read or written. Nothing stored before is lost."""
+
+    exit_status = ExitStatus.STORE
+
+    def __init__(self, message: str, *, path: Path | None = None):
+        self.path = path
+        super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+class StoreLockedError(StoreError):
+    """Another mailtracker process holds the store's lock."""
+
+    exit_status = ExitStatus.LOCKED
+
+
+class StoreCorruptError(StoreError):
+    """The state file is not valid mailtracker JSON."""
+
+
+class StoreFullError(StoreError, OSError):
+    """The disk is full; the write was abandoned and the old state file kept."""
+
+
+class MailServerError(MailtrackerError):
+    """Base of SMTP and IMAP failures; ``host`` names the server."""
+
+    def __init__(self, message: str, *, host: str | None = None):
+        self.host = host
+        super().__init__(message)
+
+
+class SmtpError(MailServerError):
+    """Sending failed at the connection, TLS or login level (not per message)."""
+
+    exit_status = ExitStatus.SMTP
+
+
+class SmtpTlsError(SmtpError):
+    """TLS could not be established or verified; no password was sent."""
+
+
+class SmtpAuthError(SmtpError):
+    """The SMTP server refused the login."""
+
+    exit_status = ExitStatus.AUTH
+
+
+class SmtpTimeoutError(SmtpError, TimeoutError):
+    """The SMTP server did not answer in time."""
+
+
+class ImapError(MailServerError):
+    """Reading the mailbox failed."""
+
+    exit_status = ExitStatus.IMAP
+
+
+class ImapTlsError(ImapError):
+    """TLS could not be established or verified; no password was sent."""
+
+
+class ImapAuthError(ImapError):
+    """The IMAP server refused the login."""
+
+    exit_status = ExitStatus.AUTH
+
+
+class ImapTimeoutError(ImapError, TimeoutError):
+    """The IMAP server did not answer in time (dead link)."""
+
+
+class ImapFolderError(ImapError):
+    """The configured folder does not exist or cannot be selected."""
+
+
+class DeliveryFailedError(MailtrackerError):
+    """``notify`` finished, but some notifications failed or have an unknown outcome."""
+
+    exit_status = ExitStatus.DELIVERY_FAILED
+
+
+class CheckFailedError(MailtrackerError):
+    """``check`` found at least one problem."""
+
+    exit_status = ExitStatus.CHECK_FAILED
+
+
+class DemoFailedError(MailtrackerError):
+    """The demo did not reach the expected final state."""
+
+    exit_status = ExitStatus.DEMO_FAILED
