@@ -53,6 +53,12 @@ class SmtpSettings:
     from_name: str
     timeout: float = 30.0
     auth: AuthMethod = "password"
+    retries: int = 3  # further attempts after a temporary (4xx) failure, within one run
+    retry_delay: float = 5.0  # first backoff in seconds; tripled each time
+
+    @property
+    def domain(self) -> str:
+        return self.from_address.rpartition("@")[2]
 
 
 @dataclass(frozen=True)
@@ -272,7 +278,8 @@ def _tls(sec: _Section, host: str) -> TlsMode:
 
 
 _SMTP_KEYS = {"host", "port", "tls", "username", "password_env", "password_command", "keyring",
-              "ca_file", "from_address", "from_name", "timeout", "auth"}
+              "ca_file", "from_address", "from_name", "timeout", "auth", "retries",
+              "retry_delay"}
 _IMAP_KEYS = {"host", "port", "tls", "username", "password_env", "password_command", "keyring",
               "ca_file", "folder", "since", "post_action", "move_to", "keyword", "timeout",
               "idle", "max_message_bytes", "auth"}
@@ -301,6 +308,8 @@ def _smtp(data: Mapping[str, Any], path: Path) -> SmtpSettings | None:
         from_name=sec.req_str("from_name", from_address),
         timeout=sec.float("timeout", 30.0, 1.0, 600.0),
         auth=cast(AuthMethod, sec.choice("auth", "password", ("password", "oauth2"))),
+        retries=sec.int("retries", 3, 0, 10),
+        retry_delay=sec.float("retry_delay", 5.0, 0.0, 600.0),
     )
 
 

@@ -60,6 +60,7 @@ class Notification:
     delivery: DeliveryState = DeliveryState.NONE
     bounce_reason: str | None = None
     generation: int = 0  # bumped by --resend
+    previous_message_ids: tuple[str, ...] = ()  # earlier sends: replies to them still count
 
     @property
     def key(self) -> str:

@@ -1,0 +1,301 @@
+"""Command line: parse options, call one core function, print. Nothing else.
+
+The one place that maps ``MailtrackerError`` to exit codes is ``MailtrackerGroup.invoke``;
+the one ``asyncio.run`` is ``_run_async``. Heavy modules are imported inside the commands
+that need them, so ``mailtracker --help`` and ``status`` start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from mailtracker import __version__
+from mailtracker.errors import ExitStatus, MailtrackerError
+
+if TYPE_CHECKING:
+    from mailtracker.app import App
+
+T = TypeVar("T")
+log = logging.getLogger("mailtracker")
+
+
+@dataclass
+class CliState:
+    config: str | None
+    debug: bool
+    environ: dict[str, str]
+    _app: App | None = None
+
+    @property
+    def config_path(self) -> Path:
+        from mailtracker.config import resolve_config_path
+
+        return resolve_config_path(self.config, self.environ)
+
+    def app(self) -> App:
+        if self._app is None:
+            from mailtracker.app import open_app
+
+            self._app = open_app(self.config_path, self.environ)
+        return self._app
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    click.echo(f"Error: {_one_line(message)}", err=True)
+    sys.exit(status)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.replace("\r", " ").split("\n"))
+
+
+class MailtrackerGroup(click.Group):
+    """Turns every error into one line on stderr and a named exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = "--debug" in sys.argv or os.environ.get("MAILTRACKER_DEBUG") == "1"
+        try:
+            return super().invoke(ctx)
+        except MailtrackerError as exc:
+            if debug:
+                raise
+            _fail(str(exc), int(exc.exit_status))
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(int(ExitStatus.INTERRUPTED))
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug: say so in one line, details with --debug
+            if debug:
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the "
+                  "traceback and please report it)", int(ExitStatus.ERROR))
+
+
+pass_state = click.make_pass_decorator(CliState)
+
+
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+@click.group(cls=MailtrackerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "-c", "config", metavar="PATH", envvar="MAILTRACKER_CONFIG",
+              help="Config file [default: $MAILTRACKER_CONFIG or ./config/mailtracker.toml].")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+@click.version_option(__version__, prog_name="mailtracker")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, debug: bool) -> None:
+    """Carry the KLIK task "(eFaktura 8b) Serviceaftaler og vejledning fra Ejerkredsen og EG"
+    through: orientation mail out, EG's mail in, status for KLIK.
+
+    Exit codes: 0 ok, 1 error, 2 usage, 3 config, 4 store, 5 store locked, 6 SMTP, 7 IMAP,
+    8 template, 9 invalid input, 10 check failed, 11 delivery failed, 12 demo failed,
+    13 login refused, 130 interrupted.
+    """
+    from mailtracker.logsetup import setup_logging
+
+    setup_logging(debug)
+    ctx.obj = CliState(config=config, debug=debug, environ=dict(os.environ))
+
+
+# --------------------------------------------------------------------------- init / config
+
+
+@main.command()
+@click.option("--municipality", "-m", default="Eksempel Kommune", show_default=True,
+              help="Name of the municipality (organisation.name).")
+@click.option("--path", "path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("config/mailtracker.toml"), show_default=True,
+              help="Where to write the config file.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(municipality: str, path: Path, force: bool) -> None:
+    """Write a commented starter config file."""
+    from mailtracker.starter import write_starter
+
+    written = write_starter(path, municipality, since=date.today().replace(day=1).isoformat(),
+                            force=force)
+    click.echo(f"Wrote {written} (readable only by you). Edit the [smtp], [imap] and [trust] "
+               "sections, then run: mailtracker check")
+
+
+@main.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_state
+def config_show(state: CliState, as_json: bool) -> None:
+    """Show the effective settings (secrets are never shown, only where they come from)."""
+    from mailtracker.config import load_settings
+    from mailtracker.serialize import to_doc
+
+    settings = load_settings(state.config_path, state.environ)
+    doc = to_doc(settings)
+    doc["path"] = str(settings.path)
+    if as_json:
+        _echo_json(json.loads(json.dumps(doc, default=str)))
+        return
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            click.echo(f"[{key}]")
+            for k, v in value.items():
+                click.echo(f"  {k} = {json.dumps(v, default=str, ensure_ascii=False)}")
+        else:
+            click.echo(f"{key} = {json.dumps(value, default=str, ensure_ascii=False)}")
+
+
+# --------------------------------------------------------------------------- recipients
+
+
+@main.group()
+def recipients() -> None:
+    """Add, list and remove the people who must be oriented."""
+
+
+@recipients.command("add")
+@click.option("--role", required=True, help="Role key, e.g. system_owner, agreement_admin, "
+              "oeir_coordinator, finance, kp_owner.")
+@click.option("--name", required=True, help='Full name, e.g. "Hansen, Bjørn".')
+@click.option("--email", required=True, help="E-mail address.")
+@click.option("--lang", type=click.Choice(["da", "en"]), default=None,
+              help="Language of their mail [default: task.language].")
+@click.option("--replace", is_flag=True, help="Update an existing recipient.")
+@pass_state
+def recipients_add(state: CliState, role: str, name: str, email: str, lang: str | None,
+                   replace: bool) -> None:
+    """Add a recipient."""
+    from mailtracker.recipients import add_recipient, validate_recipient
+
+    app = state.app()
+    recipient = validate_recipient(app.task, role=role, name=name, email=email,
+                                   lang=lang or app.settings.language, now=app.now())
+    new = add_recipient(app.store, recipient, replace=replace)
+    click.echo(f"{'Added' if new else 'Updated'} {recipient.name} <{recipient.email}> as "
+               f"{recipient.role} ({recipient.lang}).")
+
+
+@recipients.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_state
+def recipients_list(state: CliState, as_json: bool) -> None:
+    """List recipients."""
+    from mailtracker.recipients import list_recipients
+
+    items = list_recipients(state.app().store)
+    if as_json:
+        _echo_json([{"email": r.email, "name": r.name, "role": r.role, "lang": r.lang}
+                    for r in items])
+        return
+    if not items:
+        click.echo("No recipients yet. Add one with: mailtracker recipients add --role … "
+                   "--name … --email …")
+    for r in items:
+        click.echo(f"{r.role:<17} {r.name} <{r.email}> ({r.lang})")
+
+
+@recipients.command("remove")
+@click.argument("email")
+@pass_state
+def recipients_remove(state: CliState, email: str) -> None:
+    """Remove a recipient (their sent-mail history is kept as evidence; see 'forget')."""
+    from mailtracker.recipients import remove_recipient
+
+    removed = remove_recipient(state.app().store, email)
+    click.echo(f"Removed {removed.name} <{removed.email}>.")
+
+
+@main.command()
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def forget(state: CliState, email: str, yes: bool) -> None:
+    """Remove a person and every record that names them (GDPR)."""
+    from mailtracker.recipients import forget_person
+
+    if not yes:
+        click.confirm(f"Remove everything stored about {email}?", abort=True)
+    count = forget_person(state.app().store, email)
+    click.echo(f"Removed {count} record(s) about {email}.")
+
+
+# --------------------------------------------------------------------------- notify
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Render only; connect to nothing, store nothing.")
+@click.option("--preview-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write each message as an .eml file here.")
+@click.option("--role", help="Only recipients with this role.")
+@click.option("--resend", is_flag=True, help="Send again, even to those already sent to.")
+@click.option("--to", "only", multiple=True, metavar="EMAIL",
+              help="Only this recipient (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_state
+def notify(state: CliState, dry_run: bool, preview_dir: Path | None, role: str | None,
+           resend: bool, only: tuple[str, ...], as_json: bool) -> None:
+    """Send the orientation mail to each recipient — once."""
+    from mailtracker.errors import DeliveryFailedError, InvalidInputError
+    from mailtracker.outbound.notify import NotifyOptions, run_notify, summarise
+
+    app = state.app()
+    if role and app.task.role(role) is None:
+        raise InvalidInputError(f"unknown role {role!r}")
+    results = _run_async(run_notify(app, NotifyOptions(
+        dry_run=dry_run, preview_dir=preview_dir, role=role, resend=resend, only=only)))
+    if as_json:
+        _echo_json([r.__dict__ for r in results])
+    else:
+        for r in results:
+            detail = f": {r.detail}" if r.detail else ""
+            click.echo(f"{r.outcome:<14} {r.role:<17} {r.recipient}{detail}")
+        counts = summarise(results)
+        click.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "Nothing to send.")
+        if preview_dir:
+            click.echo(f"Preview written to {preview_dir}")
+    bad = [r for r in results if r.outcome in ("failed", "unknown", "deferred")]
+    if bad:
+        raise DeliveryFailedError(f"{len(bad)} message(s) not delivered "
+                                  "(see above; 'mailtracker status' shows the details)")
+
+
+# --------------------------------------------------------------------------- status
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]),
+              default="text", show_default=True, help="Output format (markdown: paste in KLIK).")
+@pass_state
+def status(state: CliState, as_json: bool, fmt: str) -> None:
+    """Show where the task stands: KLIK status, recipients, milestones, next step."""
+    from mailtracker.report import build_report, to_json, to_markdown, to_text
+    from mailtracker.trustcheck import trust_warnings
+
+    app = state.app()
+    report = build_report(app.task, app.store.snapshot(), organisation=app.settings.organisation,
+                          now=app.now(), warnings=trust_warnings(app.settings))
+    if as_json or fmt == "json":
+        _echo_json(to_json(report))
+    elif fmt == "markdown":
+        click.echo(to_markdown(report))
+    else:
+        click.echo(to_text(report))

@@ -1,0 +1,91 @@
+"""Turn a recipient and a template into the outgoing message and its outbox document."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+
+from mailtracker.addresses import first_name
+from mailtracker.app import App
+from mailtracker.models import Notification, NotificationState, Recipient
+from mailtracker.outbound.render import RenderedMail, build_email, make_message_id, render
+from mailtracker.resources import data_dir
+
+
+@dataclass(frozen=True)
+class OutgoingMail:
+    recipient: Recipient
+    template: str
+    notification: Notification  # the outbox document, with the Message-ID to (re)use
+    rendered: RenderedMail
+    sender_name: str
+    sender_address: str
+
+    @property
+    def message_id(self) -> str:
+        return self.notification.message_id
+
+    def message_for_attempt(self, now: datetime) -> EmailMessage:
+        """The message with a fresh Date; the Message-ID is the persisted one."""
+        return build_email(self.rendered, sender_name=self.sender_name,
+                           sender_address=self.sender_address, to_name=self.recipient.name,
+                           to_address=self.recipient.email, message_id=self.message_id, date=now)
+
+    def as_bytes(self, now: datetime | None = None) -> bytes:
+        when = now or self.notification.created_at or datetime.now().astimezone()
+        return self.message_for_attempt(when).as_bytes(policy=policy.SMTP)
+
+
+def orientation_context(app: App, recipient: Recipient) -> dict[str, object]:
+    """Variables available to orientation templates (documented in render.py)."""
+    role = app.task.role(recipient.role)
+    kp_owner = next((r for r in app.store.snapshot().recipients() if r.role == "kp_owner"), None)
+    smtp = app.settings.smtp
+    sender_name = smtp.from_name if smtp else app.settings.organisation
+    sender_email = smtp.from_address if smtp else ""
+    return {
+        "recipient_name": recipient.name,
+        "first_name": first_name(recipient.name),
+        "role_label": role.label(recipient.lang) if role else recipient.role,
+        "role": recipient.role,
+        "organisation": app.settings.organisation,
+        "sender_name": sender_name,
+        "sender_email": sender_email,
+        "task_title": app.task.title_for(recipient.lang),
+        "kp_owner_name": kp_owner.name if kp_owner else None,
+        "kp_owner_email": kp_owner.email if kp_owner else None,
+        "lang": recipient.lang,
+    }
+
+
+def templates_root(app: App) -> Path:
+    return app.settings.templates_dir or data_dir("templates")
+
+
+def build_outgoing(app: App, recipient: Recipient, template: str,
+                   existing: Notification | None, *, resend: bool, now: datetime,
+                   context: dict[str, object] | None = None) -> OutgoingMail:
+    """Render (raises TemplateError) and pair with the outbox document to persist."""
+    ctx = context if context is not None else orientation_context(app, recipient)
+    rendered = render(templates_root(app), app.task.key, recipient.lang, template, ctx)
+    smtp = app.settings.smtp
+    sender_address = smtp.from_address if smtp else "mailtracker@localhost"
+    sender_name = smtp.from_name if smtp else app.settings.organisation
+    domain = sender_address.rpartition("@")[2]
+    if existing is None:
+        notification = Notification(task=app.task.key, recipient=recipient.key, template=template,
+                                    message_id=make_message_id(domain), created_at=now,
+                                    updated_at=now, subject=rendered.subject)
+    elif resend:
+        notification = existing.with_(
+            message_id=make_message_id(domain), state=NotificationState.PENDING,
+            generation=existing.generation + 1, updated_at=now, last_error=None,
+            subject=rendered.subject,
+            previous_message_ids=(*existing.previous_message_ids, existing.message_id))
+    else:  # pending from an earlier run (e.g. deferred): reuse its Message-ID
+        notification = existing.with_(subject=rendered.subject, updated_at=now)
+    return OutgoingMail(recipient, template, notification, rendered, sender_name,
+                        sender_address)

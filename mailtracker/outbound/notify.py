@@ -1,0 +1,225 @@
+"""The outbox: send each recipient's orientation mail exactly once.
+
+Protocol (DESIGN.md, "Outbound"):
+1. Render every message first; a template error sends nothing and stores nothing.
+2. One store write creates the outbox documents (``pending``) with their Message-IDs, before
+   any SMTP traffic. Retries reuse that Message-ID.
+3. Per message, one store write marks it ``sending`` (together with the previous message's
+   result), then the SMTP transaction runs. A run that finds a message still ``sending`` was
+   killed mid-send: the outcome is ``unknown`` and it is never re-sent silently.
+4. 4xx → retry with backoff (the message stays ``pending`` if retries run out); 5xx or a
+   refused recipient → ``failed`` with the server's reply; timeout after DATA → ``unknown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from mailtracker.app import App
+from mailtracker.errors import ConfigError, MailtrackerError
+from mailtracker.models import Notification, NotificationState, Recipient, notification_key
+from mailtracker.outbound import smtp
+from mailtracker.outbound.mailbuild import OutgoingMail, build_outgoing
+from mailtracker.secrets import resolve_password
+from mailtracker.store import Transaction
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class NotifyResult:
+    recipient: str
+    name: str
+    role: str
+    outcome: str  # sent | failed | unknown | deferred | already-sent | would-send | previewed
+    detail: str = ""
+    message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class NotifyOptions:
+    dry_run: bool = False
+    preview_dir: Path | None = None
+    role: str | None = None
+    resend: bool = False
+    only: Sequence[str] = ()  # recipient addresses; empty = all
+
+
+def select_recipients(app: App, options: NotifyOptions) -> list[Recipient]:
+    recipients = app.store.snapshot().recipients()
+    if options.role:
+        recipients = [r for r in recipients if r.role == options.role]
+    if options.only:
+        wanted = {e.lower() for e in options.only}
+        recipients = [r for r in recipients if r.key in wanted]
+    return recipients
+
+
+def _plan(app: App, recipients: Sequence[Recipient], options: NotifyOptions,
+          now: datetime) -> tuple[list[OutgoingMail], list[NotifyResult]]:
+    """What to send now, and results for those skipped. Renders all (may raise)."""
+    snapshot = app.store.snapshot()
+    plan: list[OutgoingMail] = []
+    skipped: list[NotifyResult] = []
+    for r in recipients:
+        role = app.task.role(r.role)
+        if role is None:  # role removed from the task definition since the recipient was added
+            skipped.append(NotifyResult(r.email, r.name, r.role, "failed",
+                                        f"role {r.role!r} is not in the task definition"))
+            continue
+        key = notification_key(app.task.key, r.email, role.template)
+        existing = snapshot.notification(key)
+        if existing is not None and not options.resend and existing.state in (
+                NotificationState.SENT, NotificationState.UNKNOWN, NotificationState.FAILED,
+                NotificationState.SENDING):
+            skipped.append(NotifyResult(r.email, r.name, r.role, f"already-{existing.state}",
+                                        existing.last_error or "", existing.message_id))
+            continue
+        plan.append(build_outgoing(app, r, role.template, existing, resend=options.resend,
+                                   now=now))
+    return plan, skipped
+
+
+async def run_notify(app: App, options: NotifyOptions, *, sleep: Sleep = asyncio.sleep,
+                     ) -> list[NotifyResult]:
+    """Send (or preview) the orientation mail. Returns one result per selected recipient."""
+    if options.dry_run:
+        plan, results = _plan(app, select_recipients(app, options), options, app.now())
+        if options.preview_dir is not None:
+            _write_previews(options.preview_dir, plan)
+        outcome = "previewed" if options.preview_dir else "would-send"
+        return results + [NotifyResult(m.recipient.email, m.recipient.name, m.recipient.role,
+                                       outcome, m.rendered.subject, m.message_id) for m in plan]
+    smtp_settings = app.settings.smtp
+    if smtp_settings is None:
+        raise ConfigError("no [smtp] section: cannot send", path=app.settings.path, key="smtp")
+    with app.store.exclusive("notify"):
+        _recover_interrupted(app)
+        plan, results = _plan(app, select_recipients(app, options), options, app.now())
+        if options.preview_dir is not None:
+            _write_previews(options.preview_dir, plan)
+        if not plan:
+            return results
+        password = resolve_password(smtp_settings.secret, app.environ, section="smtp",
+                                    username=smtp_settings.username)
+        _persist_plan(app, plan)
+        return results + await _send_all(app, plan, password, sleep)
+
+
+def _write_previews(directory: Path, plan: Sequence[OutgoingMail]) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for mail in plan:
+            safe = mail.recipient.email.replace("@", "_at_").replace("/", "_")
+            (directory / f"{mail.template}--{safe}.eml").write_bytes(mail.as_bytes())
+    except OSError as exc:
+        raise MailtrackerError(f"cannot write preview to {directory}: {exc.strerror}") from None
+
+
+def _recover_interrupted(app: App) -> None:
+    """A notification left in ``sending`` by a killed run may or may not have been delivered."""
+    reason = ("the previous run stopped while sending; it may have been delivered: check with "
+              "the recipient, then use --resend if it did not arrive")
+    with app.store.transaction() as txn:
+        for n in txn.notifications(app.task.key):
+            if n.state is NotificationState.SENDING:
+                txn.put_notification(n.with_(state=NotificationState.UNKNOWN, last_error=reason,
+                                             updated_at=app.now()))
+
+
+def _persist_plan(app: App, plan: Sequence[OutgoingMail]) -> None:
+    """One write: every planned message gets its outbox document and Message-ID."""
+    with app.store.transaction() as txn:
+        for mail in plan:
+            txn.put_notification(mail.notification)
+
+
+async def _send_all(app: App, plan: Sequence[OutgoingMail], password: str | None,
+                    sleep: Sleep) -> list[NotifyResult]:
+    assert app.settings.smtp is not None
+    settings = app.settings.smtp
+    results: list[NotifyResult] = []
+    pending_update: Notification | None = None
+    async with smtp.SmtpSession(settings, password) as session:
+        for mail in plan:
+            with app.store.transaction() as txn:
+                if pending_update is not None:
+                    txn.put_notification(pending_update)
+                n = _mark_sending(txn, mail, app.now())
+            n, result = await _send_one(app, session, mail, n, sleep)
+            pending_update = n
+            results.append(result)
+    if pending_update is not None:
+        with app.store.transaction() as txn:
+            txn.put_notification(pending_update)
+    return results
+
+
+def _mark_sending(txn: Transaction, mail: OutgoingMail, now: datetime) -> Notification:
+    current = txn.notification(mail.notification.key) or mail.notification
+    n = current.with_(state=NotificationState.SENDING, attempts=current.attempts + 1,
+                      updated_at=now)
+    txn.put_notification(n)
+    return n
+
+
+async def _send_one(app: App, session: smtp.SmtpSession, mail: OutgoingMail, n: Notification,
+                    sleep: Sleep) -> tuple[Notification, NotifyResult]:
+    settings = app.settings.smtp
+    assert settings is not None
+    r = mail.recipient
+
+    def done(state: NotificationState, outcome: str, detail: str) -> tuple[
+            Notification, NotifyResult]:
+        now = app.now()
+        updated = n.with_(state=state, updated_at=now, last_error=detail or None,
+                          sent_at=now if state is NotificationState.SENT else n.sent_at)
+        return updated, NotifyResult(r.email, r.name, r.role, outcome, detail, n.message_id)
+
+    delay = settings.retry_delay
+    last = ""
+    for attempt in range(settings.retries + 1):
+        if attempt:
+            await sleep(delay)
+            delay *= 3
+            n = n.with_(attempts=n.attempts + 1)
+        message = mail.message_for_attempt(app.now())
+        try:
+            outcome = await session.send(message, [r.email])
+        except smtp.SmtpUnknownOutcome as exc:
+            return done(NotificationState.UNKNOWN, "unknown",
+                        f"{exc} — it may have been delivered; not re-sent automatically")
+        except smtp.SmtpPermanentFailure as exc:
+            return done(NotificationState.FAILED, "failed", str(exc))
+        except smtp.SmtpTemporaryFailure as exc:
+            last = str(exc)
+            await _reconnect_quietly(session)
+            continue
+        if outcome.refused:
+            refusal = outcome.refused[0]
+            if 400 <= refusal.code < 500:
+                last = f"{refusal.code} {refusal.reply}"
+                continue
+            return done(NotificationState.FAILED, "failed", f"{refusal.code} {refusal.reply}")
+        return done(NotificationState.SENT, "sent", "")
+    return done(NotificationState.PENDING, "deferred",
+                f"temporary failure, will retry on the next run: {last}")
+
+
+async def _reconnect_quietly(session: smtp.SmtpSession) -> None:
+    """After a 4xx the connection may be gone; a failed reconnect surfaces on the next send."""
+    try:
+        await session.reconnect()
+    except MailtrackerError:
+        pass
+
+
+def summarise(results: Sequence[NotifyResult]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.outcome] = counts.get(r.outcome, 0) + 1
+    return counts

@@ -1,0 +1,200 @@
+"""Task status as data, text, JSON and Markdown (for pasting into KLIK). Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from mailtracker.models import (
+    MilestoneRecord,
+    QuarantineEntry,
+    Recipient,
+    TimelineEntry,
+    UnparseableEntry,
+)
+from mailtracker.state import (
+    KlikStatus,
+    derived_milestones,
+    klik_label,
+    klik_status,
+    next_step,
+    orientation_of,
+    role_coverage,
+)
+from mailtracker.store import StateView
+from mailtracker.taskdef import TaskDefinition
+
+LOCAL_TZ = ZoneInfo("Europe/Copenhagen")
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    task: TaskDefinition
+    organisation: str
+    now: datetime
+    klik: KlikStatus
+    recipients: list[dict[str, Any]]
+    milestones: dict[str, MilestoneRecord]
+    quarantine: list[QuarantineEntry]
+    unparseable: list[UnparseableEntry]
+    timeline: list[TimelineEntry]
+    next_step: str
+    next_step_da: str
+    warnings: list[str]
+    handled: int
+
+
+def build_report(task: TaskDefinition, view: StateView, *, organisation: str, now: datetime,
+                 lang: str = "en", warnings: Sequence[str] = ()) -> TaskReport:
+    recipients = view.recipients()
+    notifications = {n.key: n for n in view.notifications(task.key)}
+    milestones = view.milestones(task.key)
+    for extra in derived_milestones(milestones, now):
+        milestones[extra.name] = extra
+    status = klik_status(task, recipients, notifications)
+    coverage = role_coverage(task, recipients, notifications)
+    rows = [_recipient_row(task, r, notifications) for r in recipients]
+    quarantine = [q for q in view.quarantine(task.key) if q.state == "pending"]
+    return TaskReport(
+        task=task, organisation=organisation, now=now, klik=status, recipients=rows,
+        milestones=milestones, quarantine=quarantine, unparseable=view.unparseable(),
+        timeline=view.timeline(task.key),
+        next_step=next_step(task, status, coverage, milestones, lang),
+        next_step_da=next_step(task, status, coverage, milestones, "da"),
+        warnings=list(warnings), handled=view.handled_count(),
+    )
+
+
+def _recipient_row(task: TaskDefinition, r: Recipient,
+                   notifications: dict[str, Any]) -> dict[str, Any]:
+    n = orientation_of(task, r, notifications)
+    return {
+        "email": r.email,
+        "name": r.name,
+        "role": r.role,
+        "lang": r.lang,
+        "notification": n.state.value if n else "not-sent",
+        "message_id": n.message_id if n else None,
+        "sent_at": _iso(n.sent_at) if n else None,
+        "attempts": n.attempts if n else 0,
+        "last_error": n.last_error if n else None,
+        "acknowledged": bool(n and n.acknowledged_at),
+        "acknowledged_at": _iso(n.acknowledged_at) if n else None,
+        "delivery": n.delivery.value if n else None,
+        "bounce_reason": n.bounce_reason if n else None,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _milestone_json(rec: MilestoneRecord | None) -> dict[str, Any] | None:
+    if rec is None:
+        return None
+    ev = rec.evidence
+    out: dict[str, Any] = {"at": rec.at.isoformat(), "source": ev.source,
+                           "message_id": ev.message_id, "from": ev.sender,
+                           "subject": ev.subject}
+    if ev.recorded_by:
+        out["recorded_by"] = ev.recorded_by
+    if ev.note:
+        out["note"] = ev.note
+    out.update(ev.details)
+    return out
+
+
+def to_json(report: TaskReport) -> dict[str, Any]:
+    """The ``status --json`` document. Keys are stable: extend, never rename."""
+    names = [m.key for m in report.task.milestones]
+    names += [k for k in report.milestones if k not in names]
+    return {
+        "task": report.task.key,
+        "title": report.task.title,
+        "organisation": report.organisation,
+        "klik_status": klik_label(report.task, report.klik),
+        "klik_status_code": report.klik.value,
+        "recipients": report.recipients,
+        "milestones": {k: _milestone_json(report.milestones.get(k)) for k in names},
+        "quarantine": len(report.quarantine),
+        "unparseable": len(report.unparseable),
+        "handled_messages": report.handled,
+        "next_step": report.next_step,
+        "warnings": report.warnings,
+        "generated_at": report.now.isoformat(),
+    }
+
+
+def _local(dt: datetime) -> str:
+    return dt.astimezone(LOCAL_TZ).strftime("%Y-%m-%d %H:%M")
+
+
+def to_text(report: TaskReport) -> str:
+    t = report.task
+    lines = [f"{t.title}", f"KLIK status: {klik_label(t, report.klik)}", ""]
+    lines.append("Recipients:")
+    if not report.recipients:
+        lines.append("  (none yet: mailtracker recipients add …)")
+    for r in report.recipients:
+        ack = " · acknowledged" if r["acknowledged"] else ""
+        bounce = f" · BOUNCED: {r['bounce_reason']}" if r["delivery"] == "bounced" else ""
+        err = f" ({r['last_error']})" if r["last_error"] and r["notification"] != "sent" else ""
+        lines.append(f"  {r['role']:<17} {r['name']} <{r['email']}>  "
+                     f"{r['notification']}{ack}{bounce}{err}")
+    lines += ["", "Milestones:"]
+    for m in t.milestones:
+        rec = report.milestones.get(m.key)
+        mark = "✓" if rec else "·"
+        when = f"  {_local(rec.at)}" if rec else ""
+        src = f"  ({rec.evidence.source}" + (f": {rec.evidence.subject}" if rec and
+                                              rec.evidence.subject else "") + ")" if rec else ""
+        lines.append(f"  {mark} {m.label_en:<45}{when}{src}")
+    lines += ["", f"Next step: {report.next_step}"]
+    if report.quarantine:
+        lines.append(f"Quarantine: {len(report.quarantine)} message(s) need review "
+                     "(mailtracker review)")
+    if report.unparseable:
+        lines.append(f"Unparseable: {len(report.unparseable)} message(s) could not be read")
+    lines += [f"Warning: {w}" for w in report.warnings]
+    return "\n".join(lines)
+
+
+def to_markdown(report: TaskReport) -> str:
+    """A block to paste into KLIK (Danish, as KLIK is)."""
+    t = report.task
+    lines = [f"**{t.title}** — {report.organisation}", "",
+             f"Status: **{klik_label(t, report.klik)}** (opdateret {_local(report.now)})", "",
+             "| Rolle | Navn | Orientering | Kvitteret |", "|---|---|---|---|"]
+    for r in report.recipients:
+        role = t.role(r["role"])
+        label = role.label_da if role else r["role"]
+        sent = {"sent": "sendt", "failed": "fejlet", "unknown": "ukendt",
+                "pending": "afventer", "sending": "sender", "not-sent": "ikke sendt"}.get(
+            r["notification"], r["notification"])
+        if r["delivery"] == "bounced":
+            sent = "afvist (bounce)"
+        if r["sent_at"] and r["notification"] == "sent":
+            sent += f" {_local(datetime.fromisoformat(r['sent_at']))}"
+        lines.append(f"| {label} | {_md(r['name'])} | {sent} | "
+                     f"{'ja' if r['acknowledged'] else 'nej'} |")
+    lines += ["", "| Milepæl | Dato | Dokumentation |", "|---|---|---|"]
+    for m in t.milestones:
+        rec = report.milestones.get(m.key)
+        if rec is None:
+            lines.append(f"| {m.label_da} | – | |")
+            continue
+        ev = rec.evidence
+        proof = (f"mail fra {ev.sender}: “{_md(ev.subject or '')}”" if ev.source == "mail"
+                 else f"registreret af {ev.recorded_by or 'bruger'}"
+                 + (f": {_md(ev.note)}" if ev.note else ""))
+        lines.append(f"| {m.label_da} | {_local(rec.at)} | {proof} |")
+    lines += ["", f"Næste skridt: {report.next_step_da}"]
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
