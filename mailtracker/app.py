@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailtracker.config import load_settings
 from mailtracker.config import Settings as Settings
+from mailtracker.config import load_settings
 from mailtracker.store import Store
 from mailtracker.taskdef import TaskDefinition, find_definition, load_task
 

@@ -176,7 +176,7 @@ class _Section:
             if key not in allowed:
                 raise self._err(key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
 
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+    def text(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
         value = self.data.get(key, default)
         if value is None:
             if required:
@@ -191,11 +191,11 @@ class _Section:
         return value
 
     def req_str(self, key: str, default: str | None = None) -> str:
-        value = self.str(key, default, required=True)
+        value = self.text(key, default, required=True)
         assert value is not None
         return value
 
-    def int(self, key: str, default: int, lo: int, hi: int) -> int:
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self._err(key, f"must be a whole number, not {value!r}")
@@ -203,7 +203,7 @@ class _Section:
             raise self._err(key, f"must be between {lo} and {hi}, not {value}")
         return value
 
-    def float(self, key: str, default: float, lo: float, hi: float) -> float:
+    def number(self, key: str, default: float, lo: float, hi: float) -> float:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self._err(key, f"must be a number of seconds, not {value!r}")
@@ -211,7 +211,7 @@ class _Section:
             raise self._err(key, f"must be between {lo} and {hi}, not {value}")
         return float(value)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self.data.get(key, default)
         if not isinstance(value, bool):
             raise self._err(key, f"must be true or false, not {value!r}")
@@ -231,7 +231,7 @@ class _Section:
         return tuple(v.strip().lower() for v in value)
 
     def path_(self, key: str, base: Path) -> Path | None:
-        value = self.str(key)
+        value = self.text(key)
         if value is None:
             return None
         p = Path(value).expanduser()
@@ -262,9 +262,9 @@ def is_loopback_host(host: str) -> bool:
 
 def _secret_source(sec: _Section) -> SecretSource:
     return SecretSource(
-        password_env=sec.str("password_env"),
-        password_command=sec.str("password_command"),
-        keyring=sec.bool("keyring", False),
+        password_env=sec.text("password_env"),
+        password_command=sec.text("password_command"),
+        keyring=sec.flag("keyring", False),
     )
 
 
@@ -299,17 +299,17 @@ def _smtp(data: Mapping[str, Any], path: Path) -> SmtpSettings | None:
         raise sec._err("from_address", str(exc)) from None
     return SmtpSettings(
         host=host,
-        port=sec.int("port", 465 if tls == "implicit" else 587, 1, 65535),
+        port=sec.integer("port", 465 if tls == "implicit" else 587, 1, 65535),
         tls=tls,
-        username=sec.str("username"),
+        username=sec.text("username"),
         secret=_secret_source(sec),
         ca_file=sec.existing_file("ca_file", path.parent),
         from_address=from_address,
         from_name=sec.req_str("from_name", from_address),
-        timeout=sec.float("timeout", 30.0, 1.0, 600.0),
+        timeout=sec.number("timeout", 30.0, 1.0, 600.0),
         auth=cast(AuthMethod, sec.choice("auth", "password", ("password", "oauth2"))),
-        retries=sec.int("retries", 3, 0, 10),
-        retry_delay=sec.float("retry_delay", 5.0, 0.0, 600.0),
+        retries=sec.integer("retries", 3, 0, 10),
+        retry_delay=sec.number("retry_delay", 5.0, 0.0, 600.0),
     )
 
 
@@ -336,7 +336,7 @@ def _imap(data: Mapping[str, Any], path: Path) -> ImapSettings | None:
     post_action = cast(PostAction, sec.choice("post_action", "none", ("none", "keyword", "move")))
     return ImapSettings(
         host=host,
-        port=sec.int("port", 993 if tls == "implicit" else 143, 1, 65535),
+        port=sec.integer("port", 993 if tls == "implicit" else 143, 1, 65535),
         tls=tls,
         username=sec.req_str("username"),
         secret=_secret_source(sec),
@@ -346,9 +346,9 @@ def _imap(data: Mapping[str, Any], path: Path) -> ImapSettings | None:
         post_action=post_action,
         move_to=sec.req_str("move_to", "Behandlet"),
         keyword=sec.req_str("keyword", "mailtracker"),
-        timeout=sec.float("timeout", 60.0, 1.0, 3600.0),
-        idle=sec.bool("idle", True),
-        max_message_bytes=sec.int("max_message_bytes", 25 * 1024 * 1024, 1024, 2**31),
+        timeout=sec.number("timeout", 60.0, 1.0, 3600.0),
+        idle=sec.flag("idle", True),
+        max_message_bytes=sec.integer("max_message_bytes", 25 * 1024 * 1024, 1024, 2**31),
         auth=cast(AuthMethod, sec.choice("auth", "password", ("password", "oauth2"))),
     )
 
@@ -357,7 +357,7 @@ def _trust(data: Mapping[str, Any], path: Path) -> TrustSettings:
     sec = _section(data, "trust", path)
     sec.unknown_keys({"authserv_id", "sender_auth", "sender_domains", "signing_domains"})
     mode = cast(SenderAuth, sec.choice("sender_auth", "dmarc", ("dmarc", "allowlist")))
-    authserv_id = sec.str("authserv_id")
+    authserv_id = sec.text("authserv_id")
     if mode == "dmarc" and "imap" in data and not authserv_id:
         raise sec._err("authserv_id", 'is required when sender_auth = "dmarc" (the name your '
                                       "receiving server writes in Authentication-Results; "

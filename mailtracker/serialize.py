@@ -14,7 +14,7 @@ import typing
 from datetime import date, datetime
 from enum import Enum
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -39,13 +39,13 @@ def _dump(value: Any) -> Any:
 
 
 @cache
-def _hints(cls: type) -> dict[str, Any]:
+def _hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
 def from_doc(cls: type[T], doc: dict[str, Any]) -> T:
     """Build ``cls`` from a document written by ``to_doc``."""
-    hints = _hints(cls)
+    hints = _hints(cast(Any, cls))
     kwargs = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name in doc:

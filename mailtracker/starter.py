@@ -25,7 +25,7 @@ path = "mailtracker.json"    # relative to this file; holds names, addresses and
 [smtp]
 host = "smtp.{domain}"
 port = 587
-tls = "starttls"             # "starttls" (port 587) | "implicit" (port 465) | "none" (loopback only)
+tls = "starttls"             # "starttls" (587) | "implicit" (465) | "none" (loopback only)
 username = "kp-systemejer@{domain}"
 password_env = "MAILTRACKER_SMTP_PASSWORD"
 # password_command = "pass show mail/kommune"

@@ -55,7 +55,7 @@ def doc_id_for(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:6], "big")
 
 
-class AtomicJSONStorage(Storage):  # type: ignore[misc]
+class AtomicJSONStorage(Storage):
     """TinyDB storage that never leaves a half-written file behind."""
 
     def __init__(self, path: Path):
@@ -120,7 +120,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(dir_fd)
 
 
-class _BufferStorage(Storage):  # type: ignore[misc]
+class _BufferStorage(Storage):
     """In-memory TinyDB storage for one transaction; the Store writes it out once."""
 
     def __init__(self, data: dict[str, Any]):
@@ -325,8 +325,11 @@ class Store:
             lock.release()
 
     @contextmanager
-    def exclusive(self, activity: str) -> Iterator[None]:
-        """Hold the store for a whole run (``notify``, ``poll``/``watch``); refuse a second one."""
+    def exclusive(self, activity: str, what: str | None = None) -> Iterator[None]:
+        """Hold the store for a whole run (``notify``, ``poll``/``watch``); refuse a second one.
+
+        ``activity`` names the lock file; ``what`` the commands it stands for, for the error.
+        """
         self._ensure_dir()
         path = self._lock_path(f".{activity}.lock")
         lock = filelock.FileLock(str(path), timeout=0)
@@ -334,8 +337,9 @@ class Store:
             lock.acquire()
         except filelock.Timeout:
             raise StoreLockedError(
-                f"another 'mailtracker {activity}' is already running on this state file; "
-                "stop it first (only one may run at a time)", path=self.path) from None
+                f"another {what or repr('mailtracker ' + activity)} is already running on this "
+                "state file; stop it first (only one may run at a time)",
+                path=self.path) from None
         try:
             yield
         finally:

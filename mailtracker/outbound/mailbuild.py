@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
-from mailtracker.addresses import first_name
 from mailtracker.app import App
 from mailtracker.models import Notification, NotificationState, Recipient
 from mailtracker.outbound.render import RenderedMail, build_email, make_message_id, render
+from mailtracker.outbound.render import orientation_context as render_context
 from mailtracker.resources import data_dir
 
 
@@ -39,26 +40,29 @@ class OutgoingMail:
         return self.message_for_attempt(when).as_bytes(policy=policy.SMTP)
 
 
-def orientation_context(app: App, recipient: Recipient) -> dict[str, object]:
-    """Variables available to orientation templates (documented in render.py)."""
+def orientation_context(app: App, recipient: Recipient,
+                        everyone: Sequence[Recipient]) -> dict[str, object]:
+    """Variables for the orientation templates (documented in render.py)."""
     role = app.task.role(recipient.role)
-    kp_owner = next((r for r in app.store.snapshot().recipients() if r.role == "kp_owner"), None)
+    kp_owner = next((r for r in everyone if r.role == "kp_owner"), None)
     smtp = app.settings.smtp
-    sender_name = smtp.from_name if smtp else app.settings.organisation
-    sender_email = smtp.from_address if smtp else ""
-    return {
-        "recipient_name": recipient.name,
-        "first_name": first_name(recipient.name),
-        "role_label": role.label(recipient.lang) if role else recipient.role,
-        "role": recipient.role,
-        "organisation": app.settings.organisation,
-        "sender_name": sender_name,
-        "sender_email": sender_email,
-        "task_title": app.task.title_for(recipient.lang),
-        "kp_owner_name": kp_owner.name if kp_owner else None,
-        "kp_owner_email": kp_owner.email if kp_owner else None,
-        "lang": recipient.lang,
-    }
+
+    def label(r: Recipient) -> str:
+        rd = app.task.role(r.role)
+        return rd.label(recipient.lang) if rd else r.role
+
+    return render_context(
+        recipient_name=recipient.name, recipient_email=recipient.email, role=recipient.role,
+        role_label=label(recipient), lang=recipient.lang,
+        organisation=app.settings.organisation,
+        sender_name=smtp.from_name if smtp else app.settings.organisation,
+        sender_email=smtp.from_address if smtp else "",
+        task_title=app.task.title_for(recipient.lang),
+        kp_owner_name=kp_owner.name if kp_owner else None,
+        kp_owner_email=kp_owner.email if kp_owner else None,
+        recipients=[(r.name, r.email, label(r)) for r in everyone
+                    if r.role != "kp_owner" and role is not None],
+    )
 
 
 def templates_root(app: App) -> Path:
@@ -67,9 +71,11 @@ def templates_root(app: App) -> Path:
 
 def build_outgoing(app: App, recipient: Recipient, template: str,
                    existing: Notification | None, *, resend: bool, now: datetime,
+                   everyone: Sequence[Recipient] = (),
                    context: dict[str, object] | None = None) -> OutgoingMail:
     """Render (raises TemplateError) and pair with the outbox document to persist."""
-    ctx = context if context is not None else orientation_context(app, recipient)
+    ctx = context if context is not None else orientation_context(
+        app, recipient, everyone or [recipient])
     rendered = render(templates_root(app), app.task.key, recipient.lang, template, ctx)
     smtp = app.settings.smtp
     sender_address = smtp.from_address if smtp else "mailtracker@localhost"

@@ -63,6 +63,7 @@ def _plan(app: App, recipients: Sequence[Recipient], options: NotifyOptions,
           now: datetime) -> tuple[list[OutgoingMail], list[NotifyResult]]:
     """What to send now, and results for those skipped. Renders all (may raise)."""
     snapshot = app.store.snapshot()
+    everyone = snapshot.recipients()
     plan: list[OutgoingMail] = []
     skipped: list[NotifyResult] = []
     for r in recipients:
@@ -80,7 +81,7 @@ def _plan(app: App, recipients: Sequence[Recipient], options: NotifyOptions,
                                         existing.last_error or "", existing.message_id))
             continue
         plan.append(build_outgoing(app, r, role.template, existing, resend=options.resend,
-                                   now=now))
+                                   now=now, everyone=everyone))
     return plan, skipped
 
 
@@ -196,8 +197,7 @@ async def _send_one(app: App, session: smtp.SmtpSession, mail: OutgoingMail, n: 
         except smtp.SmtpPermanentFailure as exc:
             return done(NotificationState.FAILED, "failed", str(exc))
         except smtp.SmtpTemporaryFailure as exc:
-            last = str(exc)
-            await _reconnect_quietly(session)
+            last = str(exc)  # the session reconnects by itself if the link was lost
             continue
         if outcome.refused:
             refusal = outcome.refused[0]
@@ -208,14 +208,6 @@ async def _send_one(app: App, session: smtp.SmtpSession, mail: OutgoingMail, n: 
         return done(NotificationState.SENT, "sent", "")
     return done(NotificationState.PENDING, "deferred",
                 f"temporary failure, will retry on the next run: {last}")
-
-
-async def _reconnect_quietly(session: smtp.SmtpSession) -> None:
-    """After a 4xx the connection may be gone; a failed reconnect surfaces on the next send."""
-    try:
-        await session.reconnect()
-    except MailtrackerError:
-        pass
 
 
 def summarise(results: Sequence[NotifyResult]) -> dict[str, int]:
