@@ -299,3 +299,118 @@ def status(state: CliState, as_json: bool, fmt: str) -> None:
         click.echo(to_markdown(report))
     else:
         click.echo(to_text(report))
+
+
+# --------------------------------------------------------------------------- manual steps
+
+
+@main.command()
+@click.argument("milestone")
+@click.option("--note", help="What was done, for the record (shown in status and KLIK).")
+@click.option("--by", help="Who did it [default: your login name].")
+@click.option("--remove", is_flag=True, help="Remove the milestone instead (a mistake).")
+@pass_state
+def mark(state: CliState, milestone: str, note: str | None, by: str | None,
+         remove: bool) -> None:
+    """Record a milestone by hand, e.g. erp_forwarding_configured or efaktura_verified_in_kp."""
+    from mailtracker.manual import mark_milestone, unmark_milestone
+
+    app = state.app()
+    if remove:
+        unmark_milestone(app.store, app.task, milestone, now=app.now())
+        click.echo(f"Removed {milestone}.")
+        return
+    record = mark_milestone(app.store, app.task, milestone, now=app.now(), note=note, by=by)
+    click.echo(f"Recorded {milestone} at {record.at.isoformat(timespec='seconds')} "
+               f"by {record.evidence.recorded_by}.")
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@click.option("--all", "include_decided", is_flag=True, help="Include decided entries.")
+@click.pass_context
+def review(ctx: click.Context, as_json: bool, include_decided: bool) -> None:
+    """List mail that looked like EG's but failed authentication (quarantine)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from mailtracker.manual import list_quarantine
+
+    app = ctx.find_object(CliState).app()  # type: ignore[union-attr]
+    entries = list_quarantine(app.store, app.task, include_decided=include_decided)
+    if as_json:
+        _echo_json([{"id": q.id, "message_id": q.message_id, "from": q.sender,
+                     "subject": q.subject, "reason": q.reason, "milestone": q.milestone,
+                     "received_at": q.at.isoformat(), "state": q.state} for q in entries])
+        return
+    if not entries:
+        click.echo("Nothing in quarantine.")
+    for q in entries:
+        click.echo(f"{q.id}  {q.at.isoformat(timespec='minutes')}  {q.sender}\n"
+                   f"    Subject: {q.subject}\n    Would set: {q.milestone}\n"
+                   f"    Why quarantined: {q.reason}" + (f"\n    State: {q.state}"
+                                                        if q.state != "pending" else ""))
+    if entries:
+        click.echo("Accept with 'mailtracker review accept ID' only after checking with EG "
+                   "that the mail is genuine; otherwise 'mailtracker review reject ID'.")
+
+
+@review.command("accept")
+@click.argument("entry_id", metavar="ID")
+@pass_state
+def review_accept(state: CliState, entry_id: str) -> None:
+    """Accept a quarantined mail: its milestone is recorded with you as reviewer."""
+    from mailtracker.manual import decide
+
+    app = state.app()
+    entry = decide(app.store, app.task, entry_id, accept=True, now=app.now())
+    click.echo(f"Accepted {entry.id}: {entry.milestone} recorded.")
+
+
+@review.command("reject")
+@click.argument("entry_id", metavar="ID")
+@pass_state
+def review_reject(state: CliState, entry_id: str) -> None:
+    """Reject a quarantined mail: it will never change the task."""
+    from mailtracker.manual import decide
+
+    app = state.app()
+    entry = decide(app.store, app.task, entry_id, accept=False, now=app.now())
+    click.echo(f"Rejected {entry.id}.")
+
+
+# --------------------------------------------------------------------------- inbound
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Show what would change; store nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_state
+def poll(state: CliState, dry_run: bool, as_json: bool) -> None:
+    """Read new mail once and move the task forward (one line per change)."""
+    from mailtracker.inbound.poller import run_poll
+
+    report = run_poll(state.app(), dry_run=dry_run)
+    if as_json:
+        _echo_json({"folder": report.folder, "uidvalidity": report.uidvalidity,
+                    "rescan": report.rescan, "new_messages": report.scanned,
+                    "examined": report.fetched, "counts": report.counts,
+                    "changes": report.changes, "dry_run": report.dry_run})
+        return
+    for line in report.changes:
+        click.echo(("would: " if dry_run else "") + line)
+    click.echo(report.summary_line())
+
+
+@main.command()
+@click.option("--health-interval", type=click.FloatRange(min=1), default=3600.0,
+              show_default=True, help="Seconds between health lines in the log.")
+@pass_state
+def watch(state: CliState, health_interval: float) -> None:
+    """Follow the inbox (IDLE, or polling) until stopped by SIGINT/SIGTERM.
+
+    Logs to stderr (journald-friendly under systemd); reconnects with backoff when the
+    link drops. Run it as a systemd service: see README.
+    """
+    from mailtracker.inbound.poller import run_watch_forever
+
+    run_watch_forever(state.app(), health_interval=health_interval)

@@ -78,6 +78,9 @@ class ImapSettings:
     idle: bool = True
     max_message_bytes: int = 25 * 1024 * 1024
     auth: AuthMethod = "password"
+    # ``watch``: longest wait between polls. IDLE is ended (and DONE must be answered) at
+    # least this often, so a silently dead link is found within this plus ``timeout``.
+    watch_interval: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -282,7 +285,7 @@ _SMTP_KEYS = {"host", "port", "tls", "username", "password_env", "password_comma
               "retry_delay"}
 _IMAP_KEYS = {"host", "port", "tls", "username", "password_env", "password_command", "keyring",
               "ca_file", "folder", "since", "post_action", "move_to", "keyword", "timeout",
-              "idle", "max_message_bytes", "auth"}
+              "idle", "max_message_bytes", "auth", "watch_interval"}
 
 
 def _smtp(data: Mapping[str, Any], path: Path) -> SmtpSettings | None:
@@ -349,6 +352,7 @@ def _imap(data: Mapping[str, Any], path: Path) -> ImapSettings | None:
         timeout=sec.number("timeout", 60.0, 1.0, 3600.0),
         idle=sec.flag("idle", True),
         max_message_bytes=sec.integer("max_message_bytes", 25 * 1024 * 1024, 1024, 2**31),
+        watch_interval=sec.number("watch_interval", 300.0, 1.0, 1500.0),
         auth=cast(AuthMethod, sec.choice("auth", "password", ("password", "oauth2"))),
     )
 

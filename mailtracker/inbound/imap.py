@@ -395,6 +395,12 @@ class ImapMailbox:
         _text, responses = self._run("sending NOOP", self._client.noop)
         return _has_news(responses)
 
+    def abort(self) -> None:
+        """Close the socket at once, without LOGOUT (e.g. on SIGTERM in the middle of IDLE,
+        where a LOGOUT would only be answered after the socket timeout)."""
+        self._guard.broken = True
+        _shutdown(self._client)
+
     def close(self) -> None:
         """Log out (best effort) and close the socket. Safe to call twice."""
         if not self._guard.broken:

@@ -20,7 +20,7 @@ from mailtracker.cli import main
 
 SMTP_PW_ENV = "MT_TEST_SMTP_PASSWORD"
 IMAP_PW_ENV = "MT_TEST_IMAP_PASSWORD"
-AUTHSERV_ID = "mx.kommune.example"
+AUTHSERV_ID = "mx.kommune.dk"  # as in tests/mail/*.eml
 
 
 def _toml_value(value: Any) -> str:

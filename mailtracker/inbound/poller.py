@@ -1,0 +1,286 @@
+"""One pass over the inbox: new UIDs → headers → prefilter → full fetch → parse → classify →
+transition → one store write per batch (with the watermark) → optional post-action.
+
+Exactly once: the watermark (folder, UIDVALIDITY, last UID) advances only in the same atomic
+write that records the batch's effects and the Message-IDs handled; a crash before that write
+re-processes the batch, and the Message-ID index makes that harmless. A UIDVALIDITY change
+rescans the folder, deduplicated by Message-ID. Fetching uses BODY.PEEK and never sets \\Seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from mailtracker.app import App
+from mailtracker.config import ImapSettings
+from mailtracker.errors import ConfigError
+from mailtracker.inbound import imap
+from mailtracker.inbound.classify import Classification, Kind, classify
+from mailtracker.inbound.facts import IncomingMessage
+from mailtracker.inbound.imap import HeaderInfo, Mailbox
+from mailtracker.inbound.parse import parse
+from mailtracker.inbound.prefilter import is_candidate
+from mailtracker.models import HandledMessage, UnparseableEntry, Watermark
+from mailtracker.secrets import resolve_password
+from mailtracker.store import Transaction
+from mailtracker.transition import (
+    Effect,
+    TaskState,
+    apply_to_state,
+    sent_message_ids,
+    transition,
+)
+
+log = logging.getLogger("mailtracker.poll")
+BATCH = 500
+
+
+@dataclass
+class PollReport:
+    folder: str
+    uidvalidity: int = 0
+    rescan: bool = False
+    scanned: int = 0  # new messages looked at (headers)
+    fetched: int = 0  # full bodies fetched (candidates)
+    counts: dict[str, int] = field(default_factory=dict)  # by classification kind
+    changes: list[str] = field(default_factory=list)
+    last_uid: int = 0
+    dry_run: bool = False
+
+    @property
+    def new_messages(self) -> int:
+        return self.scanned
+
+    def summary_line(self) -> str:
+        kinds = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
+        what = "would change" if self.dry_run else "changed"
+        return (f"{self.folder}: {self.scanned} new message(s), {self.fetched} examined"
+                + (f" ({kinds})" if kinds else "") + f"; {len(self.changes)} {what}"
+                + ("; UIDVALIDITY changed, folder rescanned" if self.rescan else ""))
+
+
+@dataclass(frozen=True)
+class _Item:
+    uid: int
+    message_id: str
+    msg: IncomingMessage
+    cls: Classification
+    received_at: datetime
+
+
+def imap_settings(app: App) -> ImapSettings:
+    if app.settings.imap is None:
+        raise ConfigError("no [imap] section: nothing to watch", path=app.settings.path,
+                          key="imap")
+    return app.settings.imap
+
+
+def open_mailbox(app: App) -> imap.ImapMailbox:
+    """Connect and log in per ``[imap]`` (password from its configured source)."""
+    settings = imap_settings(app)
+    password = resolve_password(settings.secret, app.environ, section="imap",
+                                username=settings.username)
+    if password is None:
+        raise ConfigError("no password source (password_env, password_command or keyring)",
+                          path=app.settings.path, key="imap.password_env")
+    return imap.connect(settings, password)
+
+
+def account_of(settings: ImapSettings) -> str:
+    return f"{settings.username}@{settings.host}"
+
+
+def message_key(message_id: str | None, header_bytes: bytes) -> str:
+    """The dedupe key: the Message-ID, or a hash of the header block when there is none."""
+    if message_id:
+        return message_id
+    return f"<sha256-{hashlib.sha256(header_bytes).hexdigest()[:32]}@mailtracker.invalid>"
+
+
+def poll_once(app: App, mailbox: Mailbox, *, dry_run: bool = False,
+              batch: int = BATCH) -> PollReport:
+    """Process everything new in the configured folder. One store write per batch."""
+    settings = imap_settings(app)
+    folder = settings.folder
+    state = mailbox.select(folder)
+    report = PollReport(folder=folder, uidvalidity=state.uidvalidity, dry_run=dry_run)
+    account = account_of(settings)
+    mark = app.store.snapshot().watermark(account, folder)
+    report.rescan = mark is not None and mark.uidvalidity != state.uidvalidity
+    last = mark.last_uid if mark is not None and not report.rescan else 0
+    report.last_uid = last
+    if state.uidnext is not None and state.uidnext <= last + 1 and not report.rescan:
+        return report  # nothing new: SELECT was the only command
+    uids = mailbox.uids_after(last, settings.since)
+    if not uids:
+        if not dry_run and (mark is None or report.rescan):
+            _save_watermark(app, account, folder, state.uidvalidity, last)
+        return report
+    for start in range(0, len(uids), batch):
+        chunk = uids[start:start + batch]
+        _process_chunk(app, mailbox, chunk, report, dry_run=dry_run)
+        report.last_uid = chunk[-1]
+    return report
+
+
+def _save_watermark(app: App, account: str, folder: str, uidvalidity: int, last: int) -> None:
+    with app.store.transaction() as txn:
+        txn.set_watermark(Watermark(account, folder, uidvalidity, last, app.now()))
+
+
+def _process_chunk(app: App, mailbox: Mailbox, chunk: Sequence[int], report: PollReport, *,
+                   dry_run: bool) -> None:
+    settings = imap_settings(app)
+    view = app.store.snapshot()
+    notifications = {n.key: n for n in view.notifications(app.task.key)}
+    sent = sent_message_ids(notifications)
+    handled = view.handled_ids()
+    items: list[_Item] = []
+    unparseable: list[UnparseableEntry] = []
+    for head in mailbox.fetch_headers(chunk):
+        report.scanned += 1
+        item = _examine(app, mailbox, head, sent, handled, report)
+        if item is None:
+            continue
+        handled.add(item.message_id)
+        if item.cls.kind is Kind.UNPARSEABLE:
+            unparseable.append(UnparseableEntry(item.message_id, head.uid, settings.folder,
+                                                item.received_at, item.cls.reason or "?"))
+        items.append(item)
+    applied = _write_batch(app, items, unparseable, chunk[-1], report, dry_run=dry_run)
+    if not dry_run and applied:
+        _post_action(mailbox, settings, applied)
+
+
+def _examine(app: App, mailbox: Mailbox, head: HeaderInfo, sent: dict[str, str],
+             handled: set[str], report: PollReport) -> _Item | None:
+    settings = imap_settings(app)
+    facts = parse(head.header_bytes)
+    key = message_key(facts.message_id, head.header_bytes)
+    if key in handled:
+        return None
+    received = head.internaldate or facts.date or app.now()
+    if facts.unparseable_reason is None and not is_candidate(
+            facts, head.header_bytes, app.task.rules, app.settings.trust, sent):
+        return None
+    if head.size > settings.max_message_bytes:
+        msg = parse(head.header_bytes)
+        reason = f"message is {head.size} bytes, over max_message_bytes; judged on headers"
+        msg = _with_defect(msg, reason)
+    else:
+        raw = mailbox.fetch_full(head.uid)
+        if raw is None:  # expunged meanwhile
+            return None
+        report.fetched += 1
+        msg = parse(raw, max_bytes=settings.max_message_bytes)
+    cls = classify(msg, app.task.rules, app.settings.trust, sent)
+    report.counts[cls.kind.value] = report.counts.get(cls.kind.value, 0) + 1
+    return _Item(head.uid, key, msg, cls, received)
+
+
+def _with_defect(msg: IncomingMessage, defect: str) -> IncomingMessage:
+    from dataclasses import replace
+
+    return replace(msg, defects=(*msg.defects, defect))
+
+
+def _write_batch(app: App, items: Sequence[_Item], unparseable: Sequence[UnparseableEntry],
+                 last_uid: int, report: PollReport, *, dry_run: bool) -> list[int]:
+    """Apply the batch's effects, handled IDs and watermark in ONE transaction.
+
+    Returns the UIDs whose message changed the task (for the post-action)."""
+    settings = imap_settings(app)
+    applied: list[int] = []
+    if dry_run:
+        view = app.store.snapshot()
+        _apply_items(app, _task_state(app, view), items, report, applied, None)
+        return applied
+    with app.store.transaction() as txn:
+        state = _task_state(app, txn)
+        # Another process (an old watch) may have handled some meanwhile: check again.
+        fresh = [i for i in items if not txn.is_handled(i.message_id)]
+        _apply_items(app, state, fresh, report, applied, txn)
+        for entry in unparseable:
+            txn.add_unparseable(entry)
+        txn.add_handled([HandledMessage(i.message_id, app.now(), i.cls.kind.value, i.uid,
+                                        settings.folder) for i in fresh])
+        txn.set_watermark(Watermark(account_of(settings), settings.folder, report.uidvalidity,
+                                    last_uid, app.now()))
+    return applied
+
+
+def _task_state(app: App, view: Transaction | object) -> TaskState:
+    from mailtracker.store import StateView
+
+    assert isinstance(view, StateView)
+    return TaskState(milestones=view.milestones(app.task.key),
+                     notifications={n.key: n for n in view.notifications(app.task.key)},
+                     quarantine_ids={q.id for q in view.quarantine(app.task.key)})
+
+
+def _apply_items(app: App, state: TaskState, items: Iterable[_Item], report: PollReport,
+                 applied: list[int], txn: Transaction | None) -> None:
+    for item in items:
+        effect = transition(app.task, item.cls, state, received_at=item.received_at,
+                            referenced=(*filter(None, [item.msg.in_reply_to]),
+                                        *item.msg.references))
+        apply_to_state(state, effect)
+        if effect.summary:
+            report.changes.append(effect.summary)
+            log.info("%s", effect.summary)
+        if effect.applied:
+            applied.append(item.uid)
+        if txn is not None:
+            _write_effect(app, txn, effect)
+
+
+def _write_effect(app: App, txn: Transaction, effect: Effect) -> None:
+    for m in effect.milestones:
+        txn.put_milestone(app.task.key, m)
+    for name in effect.removed_milestones:
+        txn.remove_milestone(app.task.key, name)
+    for n in effect.notifications:
+        txn.put_notification(n)
+    for q in effect.quarantine:
+        txn.put_quarantine(q)
+    for t in effect.timeline:
+        txn.add_timeline(app.task.key, t)
+
+
+def _post_action(mailbox: Mailbox, settings: ImapSettings, uids: Sequence[int]) -> None:
+    """After the write: a failure here is logged, never undoes what was recorded."""
+    from mailtracker.errors import ImapError
+
+    try:
+        if settings.post_action == "keyword":
+            mailbox.add_keyword(uids, settings.keyword)
+        elif settings.post_action == "move":
+            mailbox.move(uids, settings.move_to)
+    except ImapError as exc:
+        log.warning("post-action %s failed (the events are recorded): %s",
+                    settings.post_action, exc)
+
+
+def run_poll(app: App, *, dry_run: bool = False) -> PollReport:
+    """``mailtracker poll``: connect, one pass, disconnect."""
+    if dry_run:
+        with open_mailbox(app) as mailbox:
+            return poll_once(app, mailbox, dry_run=True)
+    with app.store.exclusive("inbound", "'mailtracker poll' or 'watch'"), \
+            open_mailbox(app) as mailbox:
+        return poll_once(app, mailbox)
+
+
+def run_watch_forever(app: App, *, health_interval: float = 3600.0) -> None:
+    """``mailtracker watch``: poll, wait for news (IDLE or polling), repeat; until a signal."""
+    from mailtracker.inbound.watch import run_watch
+
+    settings = imap_settings(app)
+    with app.store.exclusive("inbound", "'mailtracker poll' or 'watch'"):
+        run_watch(lambda: open_mailbox(app), lambda mb: poll_once(app, mb),
+                  wait_seconds=settings.watch_interval,
+                  health_interval=health_interval)

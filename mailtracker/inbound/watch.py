@@ -1,0 +1,168 @@
+"""``watch``: poll, then wait for news (IDLE or polling), forever; reconnect with backoff.
+
+Runs for weeks unattended: every failure of the link is logged and retried with exponential
+backoff (1 s doubling to ``max_backoff``), a health line is logged every ``health_interval``,
+and SIGINT/SIGTERM stop it cleanly — never in the middle of a store write (a signal during a
+poll takes effect once the poll's batch is written; during a wait it interrupts the wait).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Protocol
+
+from mailtracker.errors import ImapAuthError, ImapError, ImapFolderError, StoreError
+from mailtracker.inbound.imap import Mailbox
+
+log = logging.getLogger("mailtracker.watch")
+
+
+class StopRequested(BaseException):
+    """Raised by the signal handler to interrupt a blocking wait (not an error)."""
+
+
+class PollSummary(Protocol):
+    @property
+    def new_messages(self) -> int: ...
+
+    @property
+    def changes(self) -> list[str]: ...
+
+
+@dataclass
+class WatchStats:
+    started: float = field(default_factory=time.monotonic)
+    polls: int = 0
+    messages: int = 0
+    changes: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+    last_poll_at: float | None = None
+
+
+@dataclass
+class _StopState:
+    event: threading.Event = field(default_factory=threading.Event)
+    interruptible: bool = False
+
+
+@contextmanager
+def _signals(state: _StopState) -> Iterator[None]:
+    """SIGINT/SIGTERM set the stop flag; during a wait they also interrupt it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        state.event.set()
+        if state.interruptible:
+            state.interruptible = False
+            raise StopRequested
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def _interruptible(state: _StopState) -> Iterator[None]:
+    state.interruptible = True
+    try:
+        yield
+    finally:
+        state.interruptible = False
+
+
+def run_watch(connect: Callable[[], Mailbox], poll: Callable[[Mailbox], PollSummary], *,
+              wait_seconds: float, health_interval: float = 3600.0,
+              max_backoff: float = 300.0, stop: threading.Event | None = None) -> WatchStats:
+    """Loop until stopped. ``connect`` opens and selects; ``poll`` processes one pass.
+
+    Login refusals and a missing folder are not retried forever in silence: they are logged
+    as errors and retried at the slowest backoff, since a password change by IT is a
+    normal reason for them to start working again.
+    """
+    state = _StopState(event=stop or threading.Event())
+    stats = WatchStats()
+    backoff = 1.0
+    next_health = time.monotonic() + health_interval
+    with _signals(state):
+        while not state.event.is_set():
+            mailbox: Mailbox | None = None
+            try:
+                with _interruptible(state):
+                    mailbox = connect()
+                log.info("connected; watching for new mail")
+                while not state.event.is_set():
+                    summary = poll(mailbox)
+                    stats.polls += 1
+                    stats.messages += summary.new_messages
+                    stats.changes += len(summary.changes)
+                    stats.last_poll_at = time.time()
+                    for line in summary.changes:
+                        log.info("%s", line)
+                    backoff = 1.0
+                    if time.monotonic() >= next_health:
+                        _health(stats)
+                        next_health = time.monotonic() + health_interval
+                    if state.event.is_set():
+                        break
+                    with _interruptible(state):
+                        mailbox.wait_for_change(min(wait_seconds, max(
+                            1.0, next_health - time.monotonic())))
+            except StopRequested:
+                pass
+            except (ImapAuthError, ImapFolderError) as exc:
+                stats.last_error = str(exc)
+                log.error("%s; retrying in %.0f s", exc, max_backoff)
+                backoff = max_backoff
+                _pause(state, backoff)
+            except (ImapError, OSError, StoreError) as exc:
+                stats.last_error = str(exc)
+                stats.reconnects += 1
+                log.warning("%s; reconnecting in %.0f s", exc, backoff)
+                _pause(state, backoff)
+                backoff = min(backoff * 2, max_backoff)
+            finally:
+                if mailbox is not None:
+                    _close(mailbox, aborted=state.event.is_set())
+    log.info("stopped after %d poll(s), %d message(s), %d change(s)", stats.polls,
+             stats.messages, stats.changes)
+    return stats
+
+
+def _pause(state: _StopState, seconds: float) -> None:
+    try:
+        with _interruptible(state):
+            state.event.wait(seconds)
+    except StopRequested:
+        pass
+
+
+def _close(mailbox: Mailbox, *, aborted: bool) -> None:
+    abort = getattr(mailbox, "abort", None)
+    try:
+        if aborted and callable(abort):
+            abort()
+        else:
+            mailbox.close()
+    except (ImapError, OSError):
+        pass
+
+
+def _health(stats: WatchStats) -> None:
+    up = (time.monotonic() - stats.started) / 3600
+    log.info("health: up %.1f h, %d poll(s), %d message(s) seen, %d change(s), "
+             "%d reconnect(s)%s", up, stats.polls, stats.messages, stats.changes,
+             stats.reconnects, f", last error: {stats.last_error}" if stats.last_error else "")
