@@ -414,3 +414,24 @@ def watch(state: CliState, health_interval: float) -> None:
     from mailtracker.inbound.poller import run_watch_forever
 
     run_watch_forever(state.app(), health_interval=health_interval)
+
+
+# --------------------------------------------------------------------------- check / demo
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_state
+def check(state: CliState, as_json: bool) -> None:
+    """Check SMTP, IMAP and the state file; each problem with the fix to try."""
+    from mailtracker.check import format_check, run_check
+    from mailtracker.errors import CheckFailedError
+
+    app = state.app()
+    report = _run_async(run_check(app, now=app.now()))
+    if as_json:
+        _echo_json(report.to_json())
+    else:
+        click.echo(format_check(report))
+    if not report.ok:
+        raise CheckFailedError("check found problems (see the ✗ lines)")
