@@ -150,7 +150,7 @@ class IncomingMessage:
     forward_subject: bool = False  # subject starts with VS:/Fwd:/FW:/WG:
     defects: tuple[str, ...] = ()
     unparseable_reason: str | None = None
-    size: int = 0  # bytes as received
+    size: int = 0  # bytes as received (0 for a forwarded message)
 
     @property
     def has_pdf(self) -> bool:

@@ -10,6 +10,7 @@ before the (slow) header registry sees them, and no part is decoded beyond a cap
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from email.message import Message
@@ -22,7 +23,7 @@ from mailtracker.inbound.authres import dkim_signature_domain, parse_authenticat
 from mailtracker.inbound.facts import AuthenticationResults, CalendarEvent, IncomingMessage
 from mailtracker.inbound.fromheader import parse_address_list, parse_from
 from mailtracker.inbound.ical import find_join_url
-from mailtracker.inbound.parts import PartFacts, walk
+from mailtracker.inbound.parts import Budget, PartFacts, walk
 from mailtracker.inbound.text import (
     clean,
     decode_words,
@@ -32,7 +33,9 @@ from mailtracker.inbound.text import (
 )
 
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024  # the IMAP side's default max_message_bytes
-MAX_MULTIPARTS = 60  # real mail has a handful; a forwarded chain a few dozen
+MAX_CONTAINERS = 60  # multipart and message/rfc822: real mail has a handful
+MAX_PARTS = 2000
+MAX_DELIMITER_LINES = 5000  # lines starting with "--": boundary lines, signatures, rulers
 MAX_FORWARD_DEPTH = 3
 MAX_FORWARDS = 10
 MAX_HEADERS = 1000
@@ -41,7 +44,9 @@ MAX_PARAM_HEADER = 4096  # Content-Type/-Disposition: the stdlib parses params i
 MAX_SUBJECT = 998
 MAX_AUTH_HEADERS = 50
 
-_MULTIPART_RE = re.compile(rb"(?im)^content-type[ \t]*:[ \t]*(?:\r?\n[ \t]+)?multipart/")
+_CONTAINER_RE = re.compile(
+    rb"(?im)^content-type[ \t]*:[ \t]*(?:\r?\n[ \t]+)?(?:multipart/|message/rfc822)")
+_BOUNDARY_RE = re.compile(rb'(?i)boundary\*?0?\*?\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))')
 _MSGID_RE = re.compile(r"<[^<>\s]{1,500}>")
 _CHARSET_RE = re.compile(r"=\?([^?*\s]{1,60})(?:\*[^?]*)?\?[bBqQ]\?")
 _KEYWORD_RE = re.compile(r"\s*([A-Za-z0-9_-]+)")
@@ -80,9 +85,9 @@ def parse(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> IncomingMessage:
             defects.append(f"message cut to {max_bytes} of {size} bytes")
         if b"\x00" in raw:
             defects.append("NUL bytes in the message")
-        if _count_multiparts(raw) > MAX_MULTIPARTS:
-            return _headers_only(raw, size, defects,
-                                 f"more than {MAX_MULTIPARTS} nested multipart parts")
+        hostile = _hostile_structure(raw)
+        if hostile is not None:
+            return _headers_only(raw, size, defects, hostile)
         parser = BytesParser(_class=_BoundedMessage, policy=compat32)
         msg = parser.parsebytes(raw)
         return _message_facts(msg, size, defects, depth=0)
@@ -92,13 +97,29 @@ def parse(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> IncomingMessage:
         return _headers_only(raw, size, defects, f"parser failed: {type(exc).__name__}")
 
 
-def _count_multiparts(raw: bytes) -> int:
-    count = 0
-    for _ in _MULTIPART_RE.finditer(raw):
-        count += 1
-        if count > MAX_MULTIPARTS:
-            break
-    return count
+def _hostile_structure(raw: bytes) -> str | None:
+    """Why ``raw`` must not go through the stdlib parser, or ``None``.
+
+    The parser nests a generator per MIME level, so each line costs O(depth) and deep
+    nesting ends in ``RecursionError``; and it builds an object per part, so 25 MB of empty
+    parts take a minute and a gigabyte. Cheap byte counts come first; the regexes only run
+    on messages that already look suspicious.
+    """
+    lowered = raw.lower()
+    containers = lowered.count(b"multipart/") + lowered.count(b"message/rfc822")
+    if containers > MAX_CONTAINERS and _more_than(_CONTAINER_RE.finditer(raw), MAX_CONTAINERS):
+        return f"more than {MAX_CONTAINERS} nested MIME containers"
+    delimiter_lines = raw.count(b"\n--")
+    if delimiter_lines > MAX_DELIMITER_LINES:
+        boundaries = {m.group(1) or m.group(2) for m in _BOUNDARY_RE.finditer(raw[:4 << 20])}
+        parts = sum(raw.count(b"\n--" + b) for b in list(boundaries)[:100])
+        if parts > MAX_PARTS or delimiter_lines > 10 * MAX_DELIMITER_LINES:
+            return f"more than {MAX_PARTS} MIME parts"
+    return None
+
+
+def _more_than(matches: Iterator[object], limit: int) -> bool:
+    return any(count > limit for count, _ in enumerate(matches, start=1))
 
 
 def _headers_only(raw: bytes, size: int, defects: list[str], reason: str) -> IncomingMessage:
@@ -113,8 +134,9 @@ def _headers_only(raw: bytes, size: int, defects: list[str], reason: str) -> Inc
         return IncomingMessage(defects=tuple(defects), unparseable_reason=reason, size=size)
 
 
-def _message_facts(msg: Message, size: int, defects: list[str], depth: int) -> IncomingMessage:
-    parts = walk(msg)
+def _message_facts(msg: Message, size: int, defects: list[str], depth: int,
+                   budget: Budget | None = None) -> IncomingMessage:
+    parts = walk(msg, budget)
     defects.extend(d for d in parts.defects if d not in defects)
     return _build(msg, parts, size, defects, depth)
 
@@ -150,13 +172,13 @@ def _build(msg: Message, parts: PartFacts | None, size: int, defects: list[str],
             body_text=body,
             calendar_events=tuple(_with_join_url(e, body) for e in parts.calendar_events),
             delivery_report=parts.report,
-            forwarded=_forwarded(parts.forwarded, depth, defects),
+            forwarded=_forwarded(parts.forwarded, depth, defects, parts.budget),
         )
     reason = None if headers else "no header fields"
     return replace(facts, defects=tuple(defects), unparseable_reason=reason)
 
 
-def _forwarded(inner: list[Message], depth: int, defects: list[str]) -> tuple[
+def _forwarded(inner: list[Message], depth: int, defects: list[str], budget: Budget) -> tuple[
         IncomingMessage, ...]:
     if not inner:
         return ()
@@ -166,7 +188,7 @@ def _forwarded(inner: list[Message], depth: int, defects: list[str]) -> tuple[
     result = []
     for msg in inner[:MAX_FORWARDS]:
         try:
-            result.append(_message_facts(msg, 0, [], depth + 1))
+            result.append(_message_facts(msg, 0, [], depth + 1, budget))
         except Exception as exc:  # one bad inner message must not lose the outer one
             defects.append(f"forwarded message cannot be read: {type(exc).__name__}")
     return tuple(result)

@@ -24,13 +24,24 @@ MAX_DEPTH = 30
 MAX_PARTS = 500
 MAX_TEXT_CHARS = 64 * 1024  # body text kept for matching
 MAX_ENCODED_TEXT = 512 * 1024  # encoded characters of a text part looked at
-MAX_ENCODED_CALENDAR = 1024 * 1024
+MAX_ENCODED_CALENDAR = 256 * 1024  # an Outlook invitation is 10-50 KB; icalendar does ~1 MB/s
 MAX_STATUS_BLOCKS = 100
+MAX_CALENDAR_PARTS = 3
+MAX_DECODED_TOTAL = 8 * 1024 * 1024  # encoded characters decoded per message, all parts
 _DSN_TYPES = {"message/delivery-status", "message/global-delivery-status"}
 _ORIGINAL_TYPES = {"message/rfc822", "text/rfc822-headers", "message/global-headers",
                    "message/global"}
 _MSGID_RE = re.compile(r"<[^<>\s]{1,500}>")
 _B64_JUNK_RE = re.compile(r"[^A-Za-z0-9+/]")
+
+
+@dataclass
+class Budget:
+    """Work left for one whole message, forwarded messages included: their number is
+    bounded, but 60 of them with three 256 KB calendars each would still take seconds."""
+
+    calendar_parts: int = MAX_CALENDAR_PARTS
+    decoded_chars: int = MAX_DECODED_TOTAL
 
 
 @dataclass
@@ -44,6 +55,8 @@ class PartFacts:
     report: DeliveryReport | None = None
     forwarded: list[Message] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    text_chars: int = 0
+    budget: Budget = field(default_factory=Budget)
 
     def body_text(self) -> str:
         text = " ".join(self.plain) if self.plain else " ".join(self.html)
@@ -54,9 +67,10 @@ class PartFacts:
             self.defects.append(text)
 
 
-def walk(msg: Message) -> PartFacts:
-    """Visit every part of ``msg`` (not inside forwarded messages) in document order."""
-    facts = PartFacts()
+def walk(msg: Message, budget: Budget | None = None) -> PartFacts:
+    """Visit every part of ``msg`` (not inside forwarded messages) in document order.
+    Pass the same ``budget`` for the forwarded messages of one message."""
+    facts = PartFacts(budget=budget or Budget())
     stack: list[tuple[Message, int]] = [(msg, 0)]
     seen = 0
     while stack:
@@ -70,7 +84,7 @@ def walk(msg: Message) -> PartFacts:
         ctype = part.get_content_type()
         if ctype == "multipart/report" and _is_dsn(part) and facts.report is None:
             facts.report = _delivery_report(part, facts)
-        if ctype == "message/rfc822" and part is not msg:
+        if ctype in {"message/rfc822", "message/global"}:
             _forwarded(part, facts)
         elif part.is_multipart():
             children = part.get_payload()
@@ -110,7 +124,10 @@ def _leaf(part: Message, ctype: str, facts: PartFacts) -> None:
     disposition = (part.get_content_disposition() or "").lower()
     is_calendar = ctype in {"text/calendar", "application/ics"} or (
         name is not None and name.lower().endswith(".ics"))
-    if is_calendar:
+    if is_calendar and facts.budget.calendar_parts <= 0:
+        facts.defect(f"more than {MAX_CALENDAR_PARTS} calendar parts; the rest ignored")
+    elif is_calendar:
+        facts.budget.calendar_parts -= 1
         text = decoded_text(part, MAX_ENCODED_CALENDAR, facts)
         method = part.get_param("method")
         hint = clean(str(method), 20) if isinstance(method, str) else None
@@ -120,11 +137,15 @@ def _leaf(part: Message, ctype: str, facts: PartFacts) -> None:
             facts.defect(d)
     inline_text = ctype in {"text/plain", "text/html"} and disposition != "attachment"
     if inline_text and name is None:
+        if facts.text_chars >= MAX_TEXT_CHARS:
+            return  # enough text for matching: do not decode another part
         text = decoded_text(part, MAX_ENCODED_TEXT, facts)
         if ctype == "text/plain":
             facts.plain.append(text)
         else:
-            facts.html.append(html_to_text(text))
+            text = html_to_text(text)
+            facts.html.append(text)
+        facts.text_chars += len(text)
     elif is_calendar and name is None:
         return  # an Outlook invitation's inline calendar part is no attachment
     else:
@@ -166,9 +187,11 @@ def decoded_text(part: Message, encoded_limit: int, facts: PartFacts) -> str:
     payload = _raw_payload(part)
     if not isinstance(payload, str):
         return ""
-    if len(payload) > encoded_limit:
-        facts.defect(f"{part.get_content_type()} part cut to {encoded_limit} characters")
-        payload = payload[:encoded_limit]
+    limit = min(encoded_limit, facts.budget.decoded_chars)
+    if len(payload) > limit:
+        facts.defect(f"{clean(part.get_content_type(), 100)} part cut to {limit} characters")
+        payload = payload[:limit]
+    facts.budget.decoded_chars -= len(payload)
     raw = payload.encode("utf-8", "surrogateescape")  # undo compat32's 8-bit smuggling
     cte = str(part.get("content-transfer-encoding", "")).strip().lower()
     if cte == "base64":
