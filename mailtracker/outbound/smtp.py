@@ -192,6 +192,7 @@ class SmtpSession:
 
     async def connect(self) -> None:
         """Connect, secure and log in. Raises ``SmtpError`` (TLS, auth, timeout subclasses)."""
+        await self.close()
         s = self.settings
         smtp = aiosmtplib.SMTP(
             hostname=s.host, port=s.port, timeout=s.timeout, local_hostname=self._local_hostname,
@@ -215,7 +216,6 @@ class SmtpSession:
 
     async def reconnect(self) -> None:
         """Drop the current connection (if any) and connect again."""
-        await self.close()
         await self.connect()
 
     async def close(self) -> None:
@@ -225,11 +225,13 @@ class SmtpSession:
             return
         try:
             if smtp.is_connected:
-                await smtp.quit(timeout=min(self.settings.timeout, 5.0))
+                # QUIT by hand: aiosmtplib's quit() then starts a TLS close_notify exchange
+                # that a finishing event loop does not wait for. After 221 nothing is left.
+                await smtp.execute_command(b"QUIT", timeout=min(self.settings.timeout, 5.0))
         except (aiosmtplib.SMTPException, OSError):
             pass
         finally:
-            _abort(smtp)  # a no-op after a clean QUIT
+            _abort(smtp)
 
     def _tls_context(self) -> ssl.SSLContext:
         ca_file = self.settings.ca_file
