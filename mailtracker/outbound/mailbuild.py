@@ -24,6 +24,7 @@ class OutgoingMail:
     rendered: RenderedMail
     sender_name: str
     sender_address: str
+    attachments: tuple[tuple[str, str, bytes], ...] = ()  # (filename, MIME type, content)
 
     @property
     def message_id(self) -> str:
@@ -33,7 +34,8 @@ class OutgoingMail:
         """The message with a fresh Date; the Message-ID is the persisted one."""
         return build_email(self.rendered, sender_name=self.sender_name,
                            sender_address=self.sender_address, to_name=self.recipient.name,
-                           to_address=self.recipient.email, message_id=self.message_id, date=now)
+                           to_address=self.recipient.email, message_id=self.message_id, date=now,
+                           attachments=self.attachments)
 
     def as_bytes(self, now: datetime | None = None) -> bytes:
         when = now or self.notification.created_at or datetime.now().astimezone()
@@ -72,7 +74,8 @@ def templates_root(app: App) -> Path:
 def build_outgoing(app: App, recipient: Recipient, template: str,
                    existing: Notification | None, *, resend: bool, now: datetime,
                    everyone: Sequence[Recipient] = (),
-                   context: dict[str, object] | None = None) -> OutgoingMail:
+                   context: dict[str, object] | None = None,
+                   attachments: Sequence[tuple[str, str, bytes]] = ()) -> OutgoingMail:
     """Render (raises TemplateError) and pair with the outbox document to persist."""
     ctx = context if context is not None else orientation_context(
         app, recipient, everyone or [recipient])
@@ -94,4 +97,4 @@ def build_outgoing(app: App, recipient: Recipient, template: str,
     else:  # pending from an earlier run (e.g. deferred): reuse its Message-ID
         notification = existing.with_(subject=rendered.subject, updated_at=now)
     return OutgoingMail(recipient, template, notification, rendered, sender_name,
-                        sender_address)
+                        sender_address, tuple(attachments))

@@ -95,20 +95,31 @@ async def run_notify(app: App, options: NotifyOptions, *, sleep: Sleep = asyncio
         outcome = "previewed" if options.preview_dir else "would-send"
         return results + [NotifyResult(m.recipient.email, m.recipient.name, m.recipient.role,
                                        outcome, m.rendered.subject, m.message_id) for m in plan]
-    smtp_settings = app.settings.smtp
-    if smtp_settings is None:
-        raise ConfigError("no [smtp] section: cannot send", path=app.settings.path, key="smtp")
     with app.store.exclusive("notify"):
-        _recover_interrupted(app)
+        recover_interrupted(app)
         plan, results = _plan(app, select_recipients(app, options), options, app.now())
         if options.preview_dir is not None:
             _write_previews(options.preview_dir, plan)
-        if not plan:
-            return results
-        password = resolve_password(smtp_settings.secret, app.environ, section="smtp",
-                                    username=smtp_settings.username)
-        _persist_plan(app, plan)
-        return results + await _send_all(app, plan, password, sleep)
+        return results + await deliver(app, plan, sleep=sleep)
+
+
+async def deliver(app: App, plan: Sequence[OutgoingMail], *, sleep: Sleep = asyncio.sleep,
+                  ) -> list[NotifyResult]:
+    """Persist ``plan`` in the outbox, then send it over one SMTP connection.
+
+    The caller holds ``store.exclusive("notify")`` and has run ``recover_interrupted``.
+    Used by ``notify`` and by the follow-up scheduler, so every mail goes through the same
+    exactly-once protocol.
+    """
+    if not plan:
+        return []
+    smtp_settings = app.settings.smtp
+    if smtp_settings is None:
+        raise ConfigError("no [smtp] section: cannot send", path=app.settings.path, key="smtp")
+    password = resolve_password(smtp_settings.secret, app.environ, section="smtp",
+                                username=smtp_settings.username)
+    _persist_plan(app, plan)
+    return await _send_all(app, plan, password, sleep)
 
 
 def _write_previews(directory: Path, plan: Sequence[OutgoingMail]) -> None:
@@ -121,7 +132,7 @@ def _write_previews(directory: Path, plan: Sequence[OutgoingMail]) -> None:
         raise MailtrackerError(f"cannot write preview to {directory}: {exc.strerror}") from None
 
 
-def _recover_interrupted(app: App) -> None:
+def recover_interrupted(app: App) -> None:
     """A notification left in ``sending`` by a killed run may or may not have been delivered."""
     reason = ("the previous run stopped while sending; it may have been delivered: check with "
               "the recipient, then use --resend if it did not arrive")
