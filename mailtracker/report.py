@@ -124,6 +124,8 @@ def to_json(report: TaskReport) -> dict[str, Any]:
         "handled_messages": report.handled,
         "next_step": report.next_step,
         "warnings": report.warnings,
+        "timeline": [{"at": t.at.isoformat(), "kind": t.kind, "text": t.text,
+                      "message_id": t.message_id} for t in report.timeline],
         "generated_at": report.now.isoformat(),
     }
 
@@ -152,6 +154,9 @@ def to_text(report: TaskReport) -> str:
         src = f"  ({rec.evidence.source}" + (f": {rec.evidence.subject}" if rec and
                                               rec.evidence.subject else "") + ")" if rec else ""
         lines.append(f"  {mark} {m.label_en:<45}{when}{src}")
+    if report.timeline:
+        lines += ["", "Recent events:"]
+        lines += [f"  {_local(t.at)}  {t.kind:<12}  {t.text}" for t in report.timeline[-10:]]
     lines += ["", f"Next step: {report.next_step}"]
     if report.quarantine:
         lines.append(f"Quarantine: {len(report.quarantine)} message(s) need review "

@@ -21,7 +21,13 @@ from pathlib import Path
 
 from mailtracker.app import App
 from mailtracker.errors import ConfigError, MailtrackerError
-from mailtracker.models import Notification, NotificationState, Recipient, notification_key
+from mailtracker.models import (
+    Notification,
+    NotificationState,
+    Recipient,
+    TimelineEntry,
+    notification_key,
+)
 from mailtracker.outbound import smtp
 from mailtracker.outbound.mailbuild import OutgoingMail, build_outgoing
 from mailtracker.secrets import resolve_password
@@ -160,15 +166,26 @@ async def _send_all(app: App, plan: Sequence[OutgoingMail], password: str | None
         for mail in plan:
             with app.store.transaction() as txn:
                 if pending_update is not None:
-                    txn.put_notification(pending_update)
+                    _record(txn, pending_update, results[-1])
                 n = _mark_sending(txn, mail, app.now())
             n, result = await _send_one(app, session, mail, n, sleep)
             pending_update = n
             results.append(result)
     if pending_update is not None:
         with app.store.transaction() as txn:
-            txn.put_notification(pending_update)
+            _record(txn, pending_update, results[-1])
     return results
+
+
+def _record(txn: Transaction, n: Notification, result: NotifyResult) -> None:
+    """Store a send's outcome, with a timeline entry for the status history."""
+    txn.put_notification(n)
+    if n.updated_at is not None:
+        detail = f": {result.detail}" if result.detail else ""
+        txn.add_timeline(n.task, TimelineEntry(
+            n.updated_at, "notification",
+            f"{n.template} to {result.name} <{result.recipient}>: {result.outcome}{detail}",
+            n.message_id))
 
 
 def _mark_sending(txn: Transaction, mail: OutgoingMail, now: datetime) -> Notification:
