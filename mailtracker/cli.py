@@ -435,3 +435,23 @@ def check(state: CliState, as_json: bool) -> None:
         click.echo(format_check(report))
     if not report.ok:
         raise CheckFailedError("check found problems (see the ✗ lines)")
+
+
+@main.command()
+@click.option("--keep", "keep_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Build the demo workspace here and keep it (config, state, sent mail).")
+@click.option("--lang", type=click.Choice(["da", "en"]), default="da", show_default=True,
+              help="Language of the demo recipients' mail.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
+def demo(keep_dir: Path | None, lang: str, as_json: bool) -> None:
+    """Run the whole loop on embedded loopback servers: send, receive, poll, status.
+
+    Needs no root, no system packages and no network. Exits 0 only if the final state is
+    the expected one, so it doubles as a smoke test.
+    """
+    from mailtracker.demo.scenario import run_demo
+
+    result = run_demo(keep_dir, keep_dir is not None, lang,
+                      (lambda line: click.echo(line, err=True)) if as_json else click.echo)
+    if as_json:
+        _echo_json(result.status)

@@ -1,0 +1,236 @@
+"""``mailtracker demo``: the whole loop on embedded servers, as a user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import json
+import os
+import subprocess
+import sys
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailtracker.config import SecretSource, SmtpSettings
+from mailtracker.demo import mails
+from mailtracker.demo.mailstore import MailStore
+from mailtracker.demo.scenario import CAST, DemoStateError, run_demo
+from mailtracker.demo.servers import DemoServers, make_demo_ca
+from mailtracker.errors import DemoFailedError, ExitStatus, InvalidInputError, SmtpAuthError
+from mailtracker.inbound.parse import parse
+from mailtracker.outbound.smtp import SendOutcome, SmtpSession
+
+REPO = Path(__file__).resolve().parents[1]
+KP_OWNER = next(p for p in CAST if p.role == "kp_owner").email
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "mailtracker", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def _by_part(part: str) -> str:
+    return next(p.email for p in CAST if p.part == part)
+
+
+def _parsed(raw: bytes) -> EmailMessage:
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+@pytest.fixture(scope="module")
+def kept_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, list[str]]:
+    """One Danish demo run whose workspace is kept, shared by the tests that only read."""
+    lines: list[str] = []
+    result = run_demo(tmp_path_factory.mktemp("demo") / "ws", True, "da", lines.append)
+    return result, lines
+
+
+def test_mailtracker_demo_command_exits_0_and_its_workspace_answers_status(
+        tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    run = _cli("demo", "--keep", str(workspace), cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Demo OK" in run.stdout
+    shown = _cli("--config", str(workspace / "config" / "mailtracker.toml"), "status",
+                 "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert (status["klik_status"], status["quarantine"]) == ("fuldført", 1)
+    assert {k for k, v in status["milestones"].items() if v} == {
+        "service_agreement_received", "guide_received", "webinar_invited"}
+
+
+def test_the_demo_reaches_the_expected_final_state(kept_demo: tuple[Any, list[str]]) -> None:
+    result, lines = kept_demo
+    assert result.ok and result.lines == lines
+    assert lines[-1] == "Demo OK: the whole loop works."
+    assert not [line for line in lines if line.lstrip().startswith("✗")]
+    status = result.status
+    assert status["organisation"] == "Demo Kommune"
+    assert status["klik_status"] == "fuldført"
+    rows = {r["email"]: r for r in status["recipients"]}
+    assert {r["role"] for r in rows.values()} == {
+        "system_owner", "agreement_admin", "oeir_coordinator", "finance", "kp_owner"}
+    assert rows[_by_part("reply")]["acknowledged"] is True
+    assert rows[_by_part("auto_reply")]["acknowledged"] is False
+    assert rows[_by_part("bounce")]["delivery"] == "bounced"
+    assert "5.1.1" in rows[_by_part("bounce")]["bounce_reason"]
+    agreement = status["milestones"]["service_agreement_received"]
+    assert agreement["from"] == "kundeservice@eg.dk" and "underskrift" in agreement["subject"]
+    webinar = status["milestones"]["webinar_invited"]
+    assert webinar["join_url"].startswith("https://teams.microsoft.com/l/meetup-join/")
+    assert webinar["start"].endswith(("+01:00", "+02:00"))  # Danish time, from the TZID
+    assert status["quarantine"] == 1 and status["unparseable"] == 0
+
+
+def test_the_output_shows_timeline_quarantine_and_where_the_mail_lies(
+        kept_demo: tuple[Any, list[str]]) -> None:
+    result, lines = kept_demo
+    text = "\n".join(lines)
+    for heading in ("Status timeline (Danish time)", "Quarantine (mailtracker review)",
+                    "Status (mailtracker status)", "Expected final state"):
+        assert heading in lines
+    assert "dmarc=fail" in text  # why the spoof is held
+    assert f"{result.workdir / 'sent'}/*.eml" in text
+    assert str(result.workdir / "config" / "mailtracker.toml") in text
+
+
+def test_the_sent_mail_is_what_each_recipient_received(kept_demo: tuple[Any, list[str]]
+                                                       ) -> None:
+    result, _lines = kept_demo
+    rows = {r["email"]: r for r in result.status["recipients"]}
+    sent = sorted((result.workdir / "sent").glob("*.eml"))
+    assert len(sent) == len(CAST)
+    for path in sent:
+        msg = _parsed(path.read_bytes())
+        to = msg["To"].addresses[0].addr_spec
+        assert msg["Message-ID"] == rows[to]["message_id"]
+        inbox = result.workdir / "mailboxes" / to / "INBOX"
+        if to == _by_part("bounce"):
+            assert not inbox.exists()  # nobody has that mailbox
+            continue
+        received = [_parsed(p.read_bytes()) for p in inbox.glob("*.eml")]
+        assert msg["Message-ID"] in [m["Message-ID"] for m in received]
+
+
+def test_no_password_is_written_to_the_workspace(kept_demo: tuple[Any, list[str]]) -> None:
+    result, _lines = kept_demo
+    config = (result.workdir / "config" / "mailtracker.toml").read_text(encoding="utf-8")
+    assert 'password_env = "MAILTRACKER_DEMO_PASSWORD"' in config
+    assert "password =" not in config
+    assert (result.workdir / "config" / "mailtracker.toml").stat().st_mode & 0o077 == 0
+
+
+def test_lang_selects_the_recipients_language(tmp_path: Path,
+                                              kept_demo: tuple[Any, list[str]]) -> None:
+    danish, _lines = kept_demo
+    english = run_demo(tmp_path / "en", True, "en", lambda line: None)
+    assert {r["lang"] for r in english.status["recipients"]} == {"en"}
+
+    def subjects(workdir: Path) -> set[str]:
+        return {str(_parsed(p.read_bytes())["Subject"]) for p in (workdir / "sent").glob("*")}
+
+    assert subjects(english.workdir).isdisjoint(subjects(danish.workdir))
+    assert english.status["klik_status"] == "fuldført"
+
+
+def test_a_temporary_workspace_is_removed_unless_kept() -> None:
+    lines: list[str] = []
+    result = run_demo(None, False, "da", lines.append)
+    assert result.ok and not result.workdir.exists()
+    assert "--keep" in lines[-1]
+
+
+def test_a_workdir_that_is_not_empty_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(InvalidInputError, match="not an empty directory"):
+        run_demo(tmp_path, True, "da", lambda line: None)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_the_demo_fails_when_eg_mail_is_not_authenticated_by_our_server(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A receiving server with another name: its "pass" proves nothing to mailtracker.
+    monkeypatch.setattr(mails, "AUTH_PASS", "mx.other.example; dkim=pass header.d=eg.dk; "
+                                            "dmarc=pass header.from=eg.dk")
+    lines: list[str] = []
+    with pytest.raises(DemoStateError) as failed:
+        run_demo(tmp_path / "ws", True, "da", lines.append)
+    assert isinstance(failed.value, DemoFailedError)
+    assert failed.value.exit_status is ExitStatus.DEMO_FAILED
+    assert "  ✗ service agreement received, from EG's genuine mail" in lines
+    assert "  ✗ the spoofed 'EG' mail is in quarantine, and nothing else" in lines
+    assert lines[-1].startswith("Demo FAILED")
+    assert failed.value.result.status["quarantine"] == 4
+
+
+# -- the embedded submission server ---------------------------------------------------------
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Any:
+    store = MailStore()
+    store.add_account(KP_OWNER, "demo-password")
+    tls = make_demo_ca(tmp_path / "tls")
+    with DemoServers(store, tls) as running:
+        yield running
+
+
+def _smtp(servers: DemoServers, **overrides: Any) -> SmtpSettings:
+    fields: dict[str, Any] = dict(
+        host="127.0.0.1", port=servers.smtp_port, tls="starttls", username=KP_OWNER,
+        secret=SecretSource(), ca_file=servers.tls.ca_file, from_address=KP_OWNER,
+        from_name="Karen", timeout=5)
+    fields.update(overrides)
+    return SmtpSettings(**fields)
+
+
+def _orientation(to: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = KP_OWNER, to, "Orientering"
+    msg["Message-ID"] = "<orientering-1@demo-kommune.dk>"
+    msg.set_content("Hej")
+    return msg
+
+
+def test_an_unknown_address_is_accepted_then_bounced_with_a_dsn(
+        servers: DemoServers) -> None:
+    async def send() -> SendOutcome:
+        async with SmtpSession(_smtp(servers), "demo-password") as session:
+            return await session.send(_orientation("findes.ikke@demo-kommune.dk"),
+                                      ["findes.ikke@demo-kommune.dk"])
+
+    outcome = asyncio.run(send())
+    assert outcome.accepted == ("findes.ikke@demo-kommune.dk",)
+    (dsn,) = servers.store.messages(KP_OWNER)
+    report = parse(dsn).delivery_report
+    assert report is not None
+    assert report.original_message_id == "<orientering-1@demo-kommune.dk>"
+    (status,) = report.statuses
+    assert (status.recipient, status.status, status.failed) == (
+        "findes.ikke@demo-kommune.dk", "5.1.1", True)
+
+
+def _login(settings: SmtpSettings, password: str) -> None:
+    async def connect() -> None:
+        async with SmtpSession(settings, password):
+            pass
+
+    asyncio.run(connect())
+
+
+def test_the_submission_server_takes_no_password_without_tls(servers: DemoServers) -> None:
+    with pytest.raises(SmtpAuthError, match="does not offer AUTH"):
+        _login(_smtp(servers, tls="none"), "demo-password")
+
+
+def test_the_submission_server_refuses_a_wrong_password(servers: DemoServers) -> None:
+    with pytest.raises(SmtpAuthError, match="535"):
+        _login(_smtp(servers), "wrong")
