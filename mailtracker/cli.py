@@ -63,7 +63,7 @@ class MailtrackerGroup(click.Group):
     """Turns every error into one line on stderr and a named exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        debug = "--debug" in sys.argv or os.environ.get("MAILTRACKER_DEBUG") == "1"
+        debug = bool(ctx.params.get("debug")) or os.environ.get("MAILTRACKER_DEBUG") == "1"
         try:
             return super().invoke(ctx)
         except MailtrackerError as exc:
