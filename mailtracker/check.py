@@ -31,6 +31,7 @@ from mailtracker.errors import (
     ImapAuthError,
     ImapError,
     ImapFolderError,
+    OAuth2Error,
     SecretError,
     SmtpAuthError,
     SmtpError,
@@ -39,7 +40,7 @@ from mailtracker.errors import (
 )
 from mailtracker.inbound import imap
 from mailtracker.outbound.smtp import SmtpSession
-from mailtracker.secrets import resolve_password
+from mailtracker.secrets import Section, fetch_token, resolve_password, token_renewer
 from mailtracker.store import Store
 from mailtracker.tlsprobe import Kind, Probe, explain_rejection, probe, read_cert, unverified_cert
 
@@ -50,7 +51,8 @@ EXPIRY_WARN_DAYS = 14
 LOCK_WAIT = 1.0  # seconds a normal write may hold the store's lock before it counts as held
 
 _SYMBOL: Mapping[Status, str] = {"ok": "✓", "fail": "✗", "warn": "!", "skip": "-"}
-_LABEL = {"password": "password", "dns": "DNS", "tcp": "TCP", "starttls": "STARTTLS",
+_LABEL = {"password": "password", "token": "OAuth2 token", "dns": "DNS", "tcp": "TCP",
+          "starttls": "STARTTLS",
           "tls": "TLS", "auth": "auth mechanisms", "login": "login", "folder": "folder",
           "authserv_id": "authserv_id", "move_to": "move_to folder", "config": "config",
           "directory": "directory", "state_file": "state file", "lock": "lock"}
@@ -176,6 +178,37 @@ def _password(g: _Group, section: str, source: SecretSource, username: str | Non
     return True, password
 
 
+# Exchange Online's resource: a token for another (e.g. Microsoft Graph) is refused there.
+_EXCHANGE_HOSTS = ("outlook.office365.com", "smtp.office365.com", "outlook.office.com")
+_EXCHANGE_AUDIENCES = {"https://outlook.office365.com", "https://outlook.office.com",
+                       "00000002-0000-0ff1-ce00-000000000000"}
+
+
+def _credential(g: _Group, app: App, section: Section, s: SmtpSettings | ImapSettings,
+                now: datetime) -> tuple[bool, str | None]:
+    """The "password" line, or for ``auth = "oauth2"`` the "token" line; (usable, secret)."""
+    if s.auth != "oauth2":
+        return _password(g, section, s.secret, s.username, app.environ)
+    try:
+        token = fetch_token(app.settings, section, app.environ)
+    except (SecretError, OAuth2Error) as exc:
+        g.add("token", "fail", str(exc), "see docs/oauth2.md; 'mailtracker login' fetches a "
+                                         "token and says what the identity provider answered")
+        return False, None
+    g.secret = token.value
+    detail = f"{token.describe(now)} (the token itself is not shown)"
+    if token.account and s.username and token.account.lower() != s.username.lower():
+        g.add("token", "warn", detail, f"the token is for {token.account} but [{section}] "
+              f"username is {s.username!r}: sign in as that mailbox ('mailtracker login')")
+    elif (s.host.lower() in _EXCHANGE_HOSTS and token.audience
+          and token.audience.lower() not in _EXCHANGE_AUDIENCES):
+        g.add("token", "warn", detail, "Exchange Online only takes tokens for "
+              "https://outlook.office365.com: set [oauth2] scopes accordingly")
+    else:
+        g.add("token", "ok", detail)
+    return True, token.value
+
+
 def _secret_text(source: SecretSource) -> str:
     if source.password_env:
         return f"${source.password_env}"
@@ -191,8 +224,12 @@ def _secret_fix(source: SecretSource) -> str:
 
 
 def _login_fix(section: str, username: str | None, source: SecretSource, auth: str) -> str:
-    what = "access token" if auth == "oauth2" else "password"
-    return (f"check [{section}] username ({username!r}) and the {what} in "
+    if auth == "oauth2":
+        permission = "SMTP.SendAsApp" if section == "smtp" else "IMAP.AccessAsApp"
+        return (f"[{section}] username ({username!r}) must be the mailbox; in Microsoft 365 "
+                f"the app needs {permission} with admin consent, a service principal in "
+                "Exchange Online and Add-MailboxPermission on that mailbox (docs/oauth2.md)")
+    return (f"check [{section}] username ({username!r}) and the password in "
             f"{_secret_text(source)}")
 
 
@@ -204,17 +241,18 @@ async def _smtp_group(app: App, now: datetime) -> _Group:
     if s is None:
         return _not_configured("smtp", "SMTP", "'notify' cannot send mail")
     g = _Group("smtp", f"SMTP {s.host}:{s.port}")
-    usable, password = _password(g, "smtp", s.secret, s.username, app.environ)
+    usable, password = _credential(g, app, "smtp", s, now)
     talk = _reach(g, "smtp", s, now)
     if talk is None:
         g.block("TLS", ["auth", "login"])
         return g
     _smtp_auth(g, s, talk.mechanisms)
     if not usable:
-        g.block("the password", ["login"])
+        g.block("the token" if s.auth == "oauth2" else "the password", ["login"])
         return g
     try:
-        async with SmtpSession(s, password):
+        async with SmtpSession(s, password, renew=token_renewer(app.settings, "smtp",
+                                                                app.environ)):
             pass
     except SmtpAuthError as exc:
         g.add("login", "fail", str(exc), _login_fix("smtp", s.username, s.secret, s.auth))
@@ -249,17 +287,19 @@ def _imap_group(app: App, now: datetime) -> _Group:
         return _not_configured("imap", "IMAP", "'poll' and 'watch' cannot read EG's mail")
     g = _Group("imap", f"IMAP {s.host}:{s.port}")
     mailbox_checks = ["folder", "authserv_id", *(["move_to"] if s.post_action == "move" else [])]
-    usable, password = _password(g, "imap", s.secret, s.username, app.environ)
+    usable, password = _credential(g, app, "imap", s, now)
     talk = _reach(g, "imap", s, now)
     if talk is None:
         g.block("TLS", ["auth", "login", *mailbox_checks])
         return g
     _imap_auth(g, s, talk)
     if not usable or password is None:
-        g.block("the password", ["login", *mailbox_checks])
+        g.block("the token" if s.auth == "oauth2" else "the password",
+                ["login", *mailbox_checks])
         return g
     try:
-        mailbox = imap.connect(s, password)
+        mailbox = imap.connect(s, password, renew=token_renewer(app.settings, "imap",
+                                                                app.environ))
     except ImapError as exc:
         fix = _login_fix("imap", s.username, s.secret, s.auth) if isinstance(
             exc, ImapAuthError) else ""
@@ -274,8 +314,9 @@ def _imap_group(app: App, now: datetime) -> _Group:
 
 def _imap_auth(g: _Group, s: ImapSettings, talk: Probe) -> None:
     offered = " ".join(talk.mechanisms) or "none"
-    if s.auth == "oauth2" and "XOAUTH2" not in talk.mechanisms:
-        g.add("auth", "fail", f"offered: {offered}; no XOAUTH2 for auth = \"oauth2\"",
+    if s.auth == "oauth2" and not {"XOAUTH2", "OAUTHBEARER"} & set(talk.mechanisms):
+        g.add("auth", "fail", f"offered: {offered}; no XOAUTH2 or OAUTHBEARER for "
+                              'auth = "oauth2"',
               'use auth = "password" if the server takes passwords')
     elif s.auth == "password" and talk.logindisabled and "PLAIN" not in talk.mechanisms:
         g.add("auth", "fail", f"offered: {offered}; the server refuses LOGIN (LOGINDISABLED)",

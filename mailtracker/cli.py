@@ -438,6 +438,19 @@ def check(state: CliState, as_json: bool) -> None:
 
 
 @main.command()
+@pass_state
+def login(state: CliState) -> None:
+    """OAuth2 ([oauth2] section): sign in once (device code flow), or test the app's
+    credentials (client credentials flow). The token is cached, never shown."""
+    from mailtracker.config import load_settings
+    from mailtracker.oauth2 import sign_in
+
+    settings = load_settings(state.config_path, state.environ)
+    token = sign_in(settings, state.environ, show=click.echo)
+    click.echo(f"Signed in; token cached: {token.describe()}")
+
+
+@main.command()
 @click.option("--keep", "keep_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Build the demo workspace here and keep it (config, state, sent mail).")
 @click.option("--lang", type=click.Choice(["da", "en"]), default="da", show_default=True,

@@ -24,6 +24,7 @@ TlsMode = Literal["implicit", "starttls", "none"]
 AuthMethod = Literal["password", "oauth2"]
 PostAction = Literal["none", "keyword", "move"]
 SenderAuth = Literal["dmarc", "allowlist"]
+OAuth2Flow = Literal["client_credentials", "device_code"]
 
 DEFAULT_CONFIG_RELPATH = Path("config") / "mailtracker.toml"
 CONFIG_ENV = "MAILTRACKER_CONFIG"
@@ -84,6 +85,34 @@ class ImapSettings:
 
 
 @dataclass(frozen=True)
+class OAuth2Settings:
+    """How to get OAuth2 access tokens for ``auth = "oauth2"`` (Microsoft Entra ID by default).
+
+    Only *where* the client secret is (``client_secret_env``) or the certificate file: never
+    a secret itself. ``scopes`` may name ``offline_access``; msal adds it by itself.
+    """
+
+    tenant_id: str
+    client_id: str
+    flow: OAuth2Flow
+    authority: str  # https://login.microsoftonline.com/<tenant_id> unless overridden
+    scopes: tuple[str, ...]
+    token_cache: Path  # JSON of msal's cache, mode 0600
+    client_secret_env: str | None = None
+    certificate_path: Path | None = None  # PEM with the private key
+    certificate_thumbprint: str | None = None  # SHA-1, hex, as the Entra portal shows it
+
+
+#: Client credentials: the app's own Exchange Online permissions (IMAP.AccessAsApp,
+#: SMTP.SendAsApp). Device code: a person's delegated permissions, with a refresh token.
+DEFAULT_SCOPES: Mapping[str, tuple[str, ...]] = {
+    "client_credentials": ("https://outlook.office365.com/.default",),
+    "device_code": ("https://outlook.office.com/IMAP.AccessAsUser.All",
+                    "https://outlook.office.com/SMTP.Send", "offline_access"),
+}
+
+
+@dataclass(frozen=True)
 class TrustSettings:
     authserv_id: str | None
     sender_auth: SenderAuth = "dmarc"
@@ -103,6 +132,7 @@ class Settings:
     trust: TrustSettings
     templates_dir: Path | None = None  # override of the packaged templates
     extra: Mapping[str, Any] = field(default_factory=dict)
+    oauth2: OAuth2Settings | None = None
 
     @property
     def config_dir(self) -> Path:
@@ -148,9 +178,11 @@ def _refuse_inline_secrets(data: Mapping[str, Any], path: Path, prefix: str = ""
         elif key in _SECRET_KEYS:
             readable = _readable_by_others(path)
             extra = " and the file is readable by other users" if readable else ""
+            instead = ("client_secret_env (the name of an environment variable)"
+                       if prefix == "oauth2." else "password_env, password_command or the "
+                       "keyring")
             raise ConfigError(
-                "secrets do not belong in the config file" + extra + "; use password_env, "
-                "password_command or the keyring instead",
+                "secrets do not belong in the config file" + extra + f"; use {instead} instead",
                 path=path, key=dotted,
             )
 
@@ -375,6 +407,97 @@ def _trust(data: Mapping[str, Any], path: Path) -> TrustSettings:
     )
 
 
+_OAUTH2_KEYS = {"tenant_id", "client_id", "client_secret_env", "certificate_path",
+                "certificate_thumbprint", "flow", "authority", "scopes", "token_cache"}
+
+
+def _oauth2(data: Mapping[str, Any], path: Path) -> OAuth2Settings | None:
+    if "oauth2" not in data:
+        return None
+    sec = _section(data, "oauth2", path)
+    sec.unknown_keys(_OAUTH2_KEYS)
+    tenant = sec.req_str("tenant_id").strip()
+    if any(c in tenant for c in "/?# "):
+        raise sec._err("tenant_id", "must be the directory (tenant) ID or domain, e.g. "
+                                    "'kommune.onmicrosoft.com', not a URL")
+    flow = cast(OAuth2Flow, sec.choice("flow", "client_credentials",
+                                       ("client_credentials", "device_code")))
+    authority = sec.req_str("authority", f"https://login.microsoftonline.com/{tenant}")
+    authority = authority.strip().rstrip("/")
+    if not authority.startswith("https://") or any(c in authority for c in "?# "):
+        raise sec._err("authority", f"must be an https:// URL without query, not {authority!r}")
+    scopes = _scopes(sec, flow)
+    secret_env = sec.text("client_secret_env")
+    cert = sec.existing_file("certificate_path", path.parent)
+    thumbprint = sec.text("certificate_thumbprint")
+    _oauth2_credential(sec, flow, secret_env, cert, thumbprint)
+    return OAuth2Settings(
+        tenant_id=tenant, client_id=sec.req_str("client_id").strip(), flow=flow,
+        authority=authority, scopes=scopes,
+        token_cache=sec.path_("token_cache", path.parent)
+        or path.parent / "oauth2-token-cache.json",
+        client_secret_env=secret_env, certificate_path=cert,
+        certificate_thumbprint=thumbprint.replace(":", "").upper() if thumbprint else None,
+    )
+
+
+def _scopes(sec: _Section, flow: OAuth2Flow) -> tuple[str, ...]:
+    value = sec.data.get("scopes", list(DEFAULT_SCOPES[flow]))
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(v, str) and v.strip() and v.isprintable() for v in value)):
+        raise sec._err("scopes", "must be a non-empty list of strings")
+    scopes = tuple(v.strip() for v in value)
+    if flow == "client_credentials" and (len(scopes) != 1 or not scopes[0].endswith("/.default")):
+        raise sec._err("scopes", "the client credentials flow takes exactly one scope ending in "
+                                 "'/.default' (for Exchange Online: "
+                                 "'https://outlook.office365.com/.default')")
+    return scopes
+
+
+def _oauth2_credential(sec: _Section, flow: OAuth2Flow, secret_env: str | None,
+                       cert: Path | None, thumbprint: str | None) -> None:
+    """The app proves itself with exactly one of: a secret (by env var) or a certificate."""
+    if flow == "device_code":
+        for key, value in (("client_secret_env", secret_env), ("certificate_path", cert)):
+            if value is not None:
+                raise sec._err(key, 'is not used with flow = "device_code" (a person signs in)')
+        return
+    if (cert is None) != (thumbprint is None):
+        raise sec._err("certificate_thumbprint" if thumbprint is None else "certificate_path",
+                       "certificate_path and certificate_thumbprint go together")
+    if (secret_env is None) == (cert is None):
+        raise sec._err("client_secret_env", "set either client_secret_env or certificate_path "
+                       "+ certificate_thumbprint for the client credentials flow")
+    if thumbprint is not None:
+        hex_digits = thumbprint.replace(":", "")
+        if len(hex_digits) != 40 or any(c not in "0123456789abcdefABCDEF" for c in hex_digits):
+            raise sec._err("certificate_thumbprint", "must be the certificate's SHA-1 "
+                                                     "thumbprint: 40 hexadecimal digits")
+    if cert is not None and _readable_by_others(cert):
+        raise sec._err("certificate_path", f"{cert} holds a private key and is readable by "
+                                           f"other users; run: chmod 600 {cert}")
+
+
+def _check_auth(settings: Settings) -> None:
+    """auth = "oauth2" needs a token source: [oauth2], or a password source that prints one."""
+    for name, server in (("smtp", settings.smtp), ("imap", settings.imap)):
+        if server is None or server.auth != "oauth2":
+            continue
+        source = server.secret
+        has_source = bool(source.password_env or source.password_command or source.keyring)
+        if settings.oauth2 is not None and has_source:
+            raise ConfigError('with auth = "oauth2" the token comes from [oauth2]; remove '
+                              "password_env, password_command and keyring from this section",
+                              path=settings.path, key=f"{name}.auth")
+        if settings.oauth2 is None and not has_source:
+            raise ConfigError('auth = "oauth2" needs an [oauth2] section (or a password_command '
+                              "that prints an access token)", path=settings.path,
+                              key=f"{name}.auth")
+        if server.username is None:
+            raise ConfigError('is required with auth = "oauth2" (the mailbox address)',
+                              path=settings.path, key=f"{name}.username")
+
+
 _TOP_KEYS = {"organisation", "task", "store", "smtp", "imap", "trust", "templates", "oauth2",
              "followups"}
 
@@ -393,7 +516,7 @@ def _build(data: Mapping[str, Any], path: Path) -> Settings:
     templates = _section(data, "templates", path)
     templates.unknown_keys({"dir"})
     store_path = store.path_("path", path.parent) or path.parent / "mailtracker.json"
-    return Settings(
+    settings = Settings(
         path=path,
         organisation=org.req_str("name"),
         task_definition=task.req_str("definition", "efaktura-8b"),
@@ -403,5 +526,8 @@ def _build(data: Mapping[str, Any], path: Path) -> Settings:
         imap=_imap(data, path),
         trust=_trust(data, path),
         templates_dir=templates.path_("dir", path.parent),
-        extra={k: v for k, v in data.items() if k in {"oauth2", "followups"}},
+        extra={k: v for k, v in data.items() if k in {"followups"}},
+        oauth2=_oauth2(data, path),
     )
+    _check_auth(settings)
+    return settings

@@ -60,6 +60,19 @@ class SecretError(ConfigError):
     """A password or token could not be obtained (env var unset, command failed, …)."""
 
 
+class OAuth2Error(MailtrackerError):
+    """No OAuth2 access token could be obtained: the identity provider refused, or nobody
+    has signed in yet (device code flow). The message says what to do; it never holds a
+    token or secret."""
+
+    exit_status = ExitStatus.AUTH
+
+
+class OAuth2UnavailableError(OAuth2Error, ConnectionError):
+    """The identity provider could not be reached or answered with a server error; trying
+    again later may work (``watch`` treats it like a lost link)."""
+
+
 class TaskDefinitionError(ConfigError):
     """The task definition (config/tasks/*.toml) is invalid."""
 

@@ -1,19 +1,78 @@
-"""Passwords for SMTP and IMAP: from an env var, a command, or the system keyring.
+"""Passwords and OAuth2 access tokens for SMTP and IMAP.
 
-Never from the config file, never logged. ``password_command`` works like mbsync's PassCmd:
-its first line of output is the password (e.g. ``pass show mail/kommune``).
+Passwords come from an env var, a command, or the system keyring; never from the config file,
+never logged. ``password_command`` works like mbsync's PassCmd: its first line of output is
+the password (e.g. ``pass show mail/kommune``). With ``auth = "oauth2"`` the credential is an
+access token: from ``[oauth2]`` (msal, see ``oauth2.py``), or else the password source prints
+one (e.g. a script asking Google for a token).
 """
 
 from __future__ import annotations
 
 import shlex
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Literal
 
-from mailtracker.config import SecretSource
-from mailtracker.errors import SecretError
+from mailtracker.config import ImapSettings, SecretSource, Settings, SmtpSettings
+from mailtracker.errors import ConfigError, SecretError
+
+if TYPE_CHECKING:
+    from mailtracker.oauth2 import AccessToken
+
+Section = Literal["smtp", "imap"]
 
 KEYRING_SERVICE = "mailtracker"
+
+
+def resolve_credential(settings: Settings, section: Section, environ: Mapping[str, str], *,
+                       force_refresh: bool = False) -> str | None:
+    """What ``section`` logs in with: the password, or with ``auth = "oauth2"`` an access
+    token (``force_refresh``: a new one, not the cached one). None if no source is set."""
+    server = _server(settings, section)
+    if server.auth == "oauth2":
+        return fetch_token(settings, section, environ, force_refresh=force_refresh).value
+    return resolve_password(server.secret, environ, section=section, username=server.username)
+
+
+def fetch_token(settings: Settings, section: Section, environ: Mapping[str, str], *,
+                force_refresh: bool = False) -> AccessToken:
+    """The access token for ``section`` (``auth = "oauth2"``), with what it says about itself.
+
+    Raises SecretError, OAuth2Error or OAuth2UnavailableError (see ``oauth2.TokenProvider``).
+    """
+    from mailtracker.oauth2 import TokenProvider, describe_token
+
+    server = _server(settings, section)
+    if settings.oauth2 is not None:
+        return TokenProvider(settings.oauth2, environ).token(force_refresh=force_refresh)
+    value = resolve_password(server.secret, environ, section=section, username=server.username)
+    if not value:
+        raise SecretError('auth = "oauth2" needs an [oauth2] section or a password source '
+                          "that prints an access token", key=f"{section}.auth")
+    return describe_token(value, source=_source_name(server.secret))
+
+
+def token_renewer(settings: Settings, section: Section, environ: Mapping[str, str]
+                  ) -> Callable[[], AccessToken] | None:
+    """For ``auth = "oauth2"``: a function that fetches a new token (for the one retry after
+    the server refused one). None for password logins, which are never retried."""
+    if _server(settings, section).auth != "oauth2":
+        return None
+    return lambda: fetch_token(settings, section, environ, force_refresh=True)
+
+
+def _server(settings: Settings, section: Section) -> SmtpSettings | ImapSettings:
+    server = settings.smtp if section == "smtp" else settings.imap
+    if server is None:
+        raise ConfigError(f"no [{section}] section", path=settings.path, key=section)
+    return server
+
+
+def _source_name(source: SecretSource) -> str:
+    if source.password_env:
+        return f"${source.password_env}"
+    return "password_command" if source.password_command else "the keyring"
 
 
 def resolve_password(source: SecretSource, environ: Mapping[str, str], *, section: str,

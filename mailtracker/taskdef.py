@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mailtracker.errors import TaskDefinitionError
+from mailtracker.followup.definition import Followups, followups_from_mapping
 from mailtracker.inbound.rules import InboundRules, rules_from_mapping
 from mailtracker.resources import data_dir
 
@@ -67,6 +68,7 @@ class TaskDefinition:
     milestones: tuple[MilestoneDef, ...]
     rules: InboundRules
     raw: Mapping[str, Any]  # for later sections (follow-ups) that read their own tables
+    followups: Followups = field(default_factory=Followups)  # [schedule], [[events]], …
 
     def role(self, key: str) -> RoleDef | None:
         return next((r for r in self.roles if r.key == key), None)
@@ -143,6 +145,8 @@ def _build(data: Mapping[str, Any], path: Path) -> TaskDefinition:
         rules = rules_from_mapping(data.get("inbound", {}))
     except TaskDefinitionError as exc:
         raise TaskDefinitionError(str(exc), path=path) from None
+    followups = followups_from_mapping(data, roles={r.key for r in roles},
+                                       milestones={m.key for m in milestones}, path=path)
     return TaskDefinition(
         key=_str(task, "key", "task", path),
         title=_str(task, "title", "task", path),
@@ -159,4 +163,5 @@ def _build(data: Mapping[str, Any], path: Path) -> TaskDefinition:
         milestones=milestones,
         rules=rules,
         raw=data,
+        followups=followups,
     )

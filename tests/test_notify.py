@@ -53,6 +53,7 @@ def test_each_role_receives_its_danish_orientation(ws: Workspace,
     got = _by_recipient(smtp_server)
     assert sorted(got) == sorted(email for _, _, email in THREE)
     assert all(len(v) == 1 for v in got.values())
+    assert {c.connection for c in smtp_server.commands} == {1}  # one connection per run
 
     owner = got["soeren@kommune.example"][0]
     text, html = _parts(owner)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
@@ -36,6 +36,9 @@ from mailtracker.errors import (
     ImapTimeoutError,
     ImapTlsError,
 )
+
+if TYPE_CHECKING:
+    from mailtracker.oauth2 import AccessToken
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +96,32 @@ class Mailbox(Protocol):
 
 def connect(settings: ImapSettings, password: str, *,
             idle_round: float = IDLE_ROUND_SECONDS,
-            poll_interval: float = POLL_INTERVAL_SECONDS) -> ImapMailbox:
+            poll_interval: float = POLL_INTERVAL_SECONDS,
+            renew: Callable[[], AccessToken] | None = None) -> ImapMailbox:
     """Open a verified TLS connection (per ``settings.tls``) and log in.
 
     ``password`` is the password, or the OAuth2 access token when ``settings.auth`` is
-    ``"oauth2"``. Raises ImapTlsError (nothing was sent), ImapAuthError, ImapTimeoutError or
-    ImapError naming ``host:port``.
+    ``"oauth2"`` (SASL XOAUTH2, or OAUTHBEARER when only that is offered). If the server
+    refuses a token and ``renew`` is given, it is called once for a new token and the login
+    is tried once more on a new connection. Raises ImapTlsError (nothing was sent),
+    ImapAuthError, ImapTimeoutError or ImapError naming ``host:port``.
     """
+    try:
+        return _connect_once(settings, password, idle_round, poll_interval)
+    except ImapAuthError as exc:
+        if renew is None or settings.auth != "oauth2":
+            raise
+        log.info("%s; fetching a new OAuth2 token and trying once more", exc)
+        token = renew()
+        try:
+            return _connect_once(settings, token.value, idle_round, poll_interval)
+        except ImapAuthError as again:
+            raise ImapAuthError(f"{again} (also with a newly fetched OAuth2 token: "
+                                f"{token.describe()})", host=again.host) from None
+
+
+def _connect_once(settings: ImapSettings, password: str, idle_round: float,
+                  poll_interval: float) -> ImapMailbox:
     guard = _Guard(settings)
     client = guard.run("connecting", _open, settings, tls_phase=True)
     try:
@@ -147,7 +169,13 @@ def _enable_keepalive(sock: socket.socket) -> None:
 def _authenticate(client: Any, settings: ImapSettings, secret: str) -> None:
     """The one place that knows how to log in (password, or an OAuth2 token via XOAUTH2)."""
     if settings.auth == "oauth2":
-        client.oauth2_login(settings.username, secret)
+        # XOAUTH2 is what Exchange Online and Gmail document; OAUTHBEARER (RFC 7628) is used
+        # only by a server that offers nothing else.
+        if not client.has_capability("AUTH=XOAUTH2") and client.has_capability(
+                "AUTH=OAUTHBEARER"):
+            client.oauthbearer_login(settings.username, secret)
+        else:
+            client.oauth2_login(settings.username, secret)
     elif secret.isascii() and settings.username.isascii():
         client.login(settings.username, secret)
     else:  # imaplib's LOGIN is ASCII-only; SASL PLAIN carries UTF-8

@@ -25,7 +25,7 @@ from mailtracker.inbound.imap import HeaderInfo, Mailbox
 from mailtracker.inbound.parse import parse
 from mailtracker.inbound.prefilter import is_candidate
 from mailtracker.models import HandledMessage, UnparseableEntry, Watermark
-from mailtracker.secrets import resolve_password
+from mailtracker.secrets import resolve_credential, token_renewer
 from mailtracker.store import Transaction
 from mailtracker.transition import (
     Effect,
@@ -82,12 +82,12 @@ def imap_settings(app: App) -> ImapSettings:
 def open_mailbox(app: App) -> imap.ImapMailbox:
     """Connect and log in per ``[imap]`` (password from its configured source)."""
     settings = imap_settings(app)
-    password = resolve_password(settings.secret, app.environ, section="imap",
-                                username=settings.username)
+    password = resolve_credential(app.settings, "imap", app.environ)
     if password is None:
         raise ConfigError("no password source (password_env, password_command or keyring)",
                           path=app.settings.path, key="imap.password_env")
-    return imap.connect(settings, password)
+    return imap.connect(settings, password,
+                        renew=token_renewer(app.settings, "imap", app.environ))
 
 
 def account_of(settings: ImapSettings) -> str:

@@ -30,7 +30,7 @@ from mailtracker.models import (
 )
 from mailtracker.outbound import smtp
 from mailtracker.outbound.mailbuild import OutgoingMail, build_outgoing
-from mailtracker.secrets import resolve_password
+from mailtracker.secrets import resolve_credential, token_renewer
 from mailtracker.store import Transaction
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -122,8 +122,7 @@ async def deliver(app: App, plan: Sequence[OutgoingMail], *, sleep: Sleep = asyn
     smtp_settings = app.settings.smtp
     if smtp_settings is None:
         raise ConfigError("no [smtp] section: cannot send", path=app.settings.path, key="smtp")
-    password = resolve_password(smtp_settings.secret, app.environ, section="smtp",
-                                username=smtp_settings.username)
+    password = resolve_credential(app.settings, "smtp", app.environ)
     _persist_plan(app, plan)
     return await _send_all(app, plan, password, sleep)
 
@@ -162,7 +161,8 @@ async def _send_all(app: App, plan: Sequence[OutgoingMail], password: str | None
     settings = app.settings.smtp
     results: list[NotifyResult] = []
     pending_update: Notification | None = None
-    async with smtp.SmtpSession(settings, password) as session:
+    async with smtp.SmtpSession(settings, password, renew=token_renewer(
+            app.settings, "smtp", app.environ)) as session:
         for mail in plan:
             with app.store.transaction() as txn:
                 if pending_update is not None:

@@ -24,10 +24,11 @@ import email.policy
 import logging
 import re
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import aiosmtplib
 
@@ -41,6 +42,9 @@ from mailtracker.errors import (
     SmtpTimeoutError,
     SmtpTlsError,
 )
+
+if TYPE_CHECKING:
+    from mailtracker.oauth2 import AccessToken
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +162,16 @@ class SmtpSession:
     Entering connects, secures the link (implicit TLS, or STARTTLS which must be offered)
     with certificate verification against ``settings.ca_file`` (or the system CAs), and logs
     in when ``settings.username`` is set. Leaving sends QUIT and ignores errors doing so.
+    With ``auth = "oauth2"``, ``password`` is the access token; if the server refuses it and
+    ``renew`` is given, ``renew()`` supplies a new one for one more attempt.
     """
 
     def __init__(self, settings: SmtpSettings, password: str | None, *,
-                 local_hostname: str | None = None) -> None:
+                 local_hostname: str | None = None,
+                 renew: Callable[[], AccessToken] | None = None) -> None:
         self.settings = settings
         self._password = password
+        self._renew = renew if settings.auth == "oauth2" else None
         self._local_hostname = local_hostname
         self._smtp: aiosmtplib.SMTP | None = None
         self._lock = asyncio.Lock()
@@ -192,6 +200,22 @@ class SmtpSession:
 
     async def connect(self) -> None:
         """Connect, secure and log in. Raises ``SmtpError`` (TLS, auth, timeout subclasses)."""
+        try:
+            await self._connect_once()
+        except SmtpAuthError as exc:
+            if self._renew is None or not isinstance(exc.__cause__,
+                                                     aiosmtplib.SMTPAuthenticationError):
+                raise
+            log.info("%s; fetching a new OAuth2 token and trying once more", exc)
+            token = await asyncio.to_thread(self._renew)
+            self._password = token.value
+            try:
+                await self._connect_once()
+            except SmtpAuthError as again:
+                raise SmtpAuthError(f"{again} (also with a newly fetched OAuth2 token: "
+                                    f"{token.describe()})", host=again.host) from None
+
+    async def _connect_once(self) -> None:
         await self.close()
         s = self.settings
         smtp = aiosmtplib.SMTP(
