@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from mailtracker.inbound.facts import AuthenticationResults, AuthResult
+from mailtracker.inbound.text import unquoted
 
 # method[/version] = value   or   ptype.property = value   or   reason = "quoted"
 _PAIR_RE = re.compile(
@@ -96,16 +97,8 @@ def _strip_comments(value: str) -> str:
 def _split_outside_quotes(value: str, sep: str) -> list[str]:
     parts: list[str] = []
     current: list[str] = []
-    in_quote = False
-    escaped = False
-    for ch in value:
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == '"':
-            in_quote = not in_quote
-        elif ch == sep and not in_quote:
+    for ch, outside in unquoted(value):
+        if ch == sep and outside:
             parts.append("".join(current))
             current = []
             continue

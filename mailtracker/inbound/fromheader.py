@@ -14,7 +14,7 @@ from email.errors import ObsoleteHeaderDefect
 
 from mailtracker.addresses import check_email
 from mailtracker.inbound.facts import Address, FromHeader
-from mailtracker.inbound.text import clean
+from mailtracker.inbound.text import clean, unquoted
 
 MAX_FROM_CHARS = 4096  # an honest From is a few hundred characters
 MAX_LIST_CHARS = 8192  # the registry's parser is slow on long lists (0.1 s at 8 KB)
@@ -107,16 +107,4 @@ def _scrape_domains(value: str) -> list[str]:
 def _ats_outside_quotes(value: str) -> int:
     """'@' characters outside quoted strings: a display name may quote an address
     (``"kundeservice@eg.dk" <x@evil.example>``) but a second bare '@' is a second address."""
-    count = 0
-    in_quote = False
-    escaped = False
-    for ch in value:
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == '"':
-            in_quote = not in_quote
-        elif ch == "@" and not in_quote:
-            count += 1
-    return count
+    return sum(1 for ch, outside in unquoted(value) if ch == "@" and outside)

@@ -13,12 +13,32 @@ from __future__ import annotations
 import codecs
 import re
 import unicodedata
+from collections.abc import Iterator
 from email import policy
 from functools import lru_cache
 
 # C0/C1 controls (CR, LF, NUL, ESC …), line/paragraph separators and bidi overrides, which
 # can make a logged subject read differently from what it is.
 _UNSAFE_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def unquoted(value: str) -> Iterator[tuple[str, bool]]:
+    """Each character of a header value with whether it counts as outside a quoted string:
+    quote marks, backslashes and escaped characters never do."""
+    in_quote = False
+    escaped = False
+    for ch in value:
+        if escaped:
+            escaped = False
+            yield ch, False
+        elif ch == "\\":
+            escaped = True
+            yield ch, False
+        elif ch == '"':
+            in_quote = not in_quote
+            yield ch, False
+        else:
+            yield ch, not in_quote
 
 
 def clean(text: str, limit: int | None = None) -> str:
