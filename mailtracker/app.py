@@ -2,19 +2,48 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from mailtracker.config import Settings as Settings
 from mailtracker.config import load_settings
+from mailtracker.errors import ConfigError
 from mailtracker.store import Store
 from mailtracker.taskdef import TaskDefinition, find_definition, load_task
+
+NOW_ENV = "MAILTRACKER_NOW"
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def clock_from_environ(environ: Mapping[str, str],
+                       default: Callable[[], datetime] = utc_now) -> Callable[[], datetime]:
+    """``default``, or — a testing and demo aid — a clock that starts at ``$MAILTRACKER_NOW``.
+
+    ``MAILTRACKER_NOW=2026-05-18T10:30:00+02:00`` makes every command believe it is that
+    moment (the clock then runs on at normal speed), so reminders, escalations and holidays
+    can be tried without waiting for them. Never set it in production.
+    """
+    raw = environ.get(NOW_ENV, "").strip()
+    if not raw:
+        return default
+    try:
+        start = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(f"not an ISO-8601 time: {raw!r}", key=NOW_ENV) from None
+    if start.tzinfo is None or start.utcoffset() is None:
+        raise ConfigError(f"needs a UTC offset, e.g. {raw}+01:00: {raw!r}", key=NOW_ENV)
+    origin = time.monotonic()
+
+    def now() -> datetime:
+        return (start + timedelta(seconds=time.monotonic() - origin)).astimezone(UTC)
+
+    return now
 
 
 @dataclass(frozen=True)
@@ -28,7 +57,12 @@ class App:
 
 def open_app(config_path: Path, environ: Mapping[str, str],
              now: Callable[[], datetime] = utc_now) -> App:
-    """Load and validate everything a command needs; errors name the file and key."""
+    """Load and validate everything a command needs; errors name the file and key.
+
+    Unless ``now`` is given, the clock honours ``$MAILTRACKER_NOW`` (``clock_from_environ``).
+    """
+    if now is utc_now:
+        now = clock_from_environ(environ)
     settings = load_settings(config_path, environ)
     task = load_task(find_definition(settings.task_definition, settings.config_dir))
     return App(settings=settings, task=task, store=Store(settings.store_path), environ=environ,

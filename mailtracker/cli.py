@@ -416,6 +416,28 @@ def watch(state: CliState, health_interval: float) -> None:
     run_watch_forever(state.app(), health_interval=health_interval)
 
 
+@main.command()
+@click.option("--dry-run", is_flag=True,
+              help="Show what is due; render, but send and store nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_state
+def tick(state: CliState, dry_run: bool, as_json: bool) -> None:
+    """Send the follow-ups due now: event mail, reminders, escalations.
+
+    For cron or a systemd timer; watch does the same after every poll. Safe to run often:
+    nothing is sent twice.
+    """
+    from mailtracker.followup.runner import run_tick
+
+    report = _run_async(run_tick(state.app(), dry_run=dry_run))
+    if as_json:
+        _echo_json(report.to_json())
+    else:
+        for line in report.lines():
+            click.echo(line)
+    report.raise_for_problems()
+
+
 # --------------------------------------------------------------------------- check / demo
 
 

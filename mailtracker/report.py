@@ -8,6 +8,13 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from mailtracker.followup.status import (
+    FollowupStatus,
+    followup_status,
+    status_json,
+    status_markdown,
+    status_text,
+)
 from mailtracker.models import (
     MilestoneRecord,
     QuarantineEntry,
@@ -45,6 +52,7 @@ class TaskReport:
     next_step_da: str
     warnings: list[str]
     handled: int
+    followups: FollowupStatus | None = None  # overdue milestones, follow-up mail, schedule
 
 
 def build_report(task: TaskDefinition, view: StateView, *, organisation: str, now: datetime,
@@ -65,6 +73,7 @@ def build_report(task: TaskDefinition, view: StateView, *, organisation: str, no
         next_step=next_step(task, status, coverage, milestones, lang),
         next_step_da=next_step(task, status, coverage, milestones, "da"),
         warnings=list(warnings), handled=view.handled_count(),
+        followups=followup_status(task, view, now),
     )
 
 
@@ -127,6 +136,7 @@ def to_json(report: TaskReport) -> dict[str, Any]:
         "timeline": [{"at": t.at.isoformat(), "kind": t.kind, "text": t.text,
                       "message_id": t.message_id} for t in report.timeline],
         "generated_at": report.now.isoformat(),
+        **status_json(report.task, report.followups),
     }
 
 
@@ -157,6 +167,7 @@ def to_text(report: TaskReport) -> str:
     if report.timeline:
         lines += ["", "Recent events:"]
         lines += [f"  {_local(t.at)}  {t.kind:<12}  {t.text}" for t in report.timeline[-10:]]
+    lines += status_text(t, report.followups, _local)
     lines += ["", f"Next step: {report.next_step}"]
     if report.quarantine:
         lines.append(f"Quarantine: {len(report.quarantine)} message(s) need review "
@@ -196,6 +207,7 @@ def to_markdown(report: TaskReport) -> str:
                  else f"registreret af {ev.recorded_by or 'bruger'}"
                  + (f": {_md(ev.note)}" if ev.note else ""))
         lines.append(f"| {m.label_da} | {_local(rec.at)} | {proof} |")
+    lines += status_markdown(t, report.followups, _local)
     lines += ["", f"Næste skridt: {report.next_step_da}"]
     return "\n".join(lines)
 

@@ -64,7 +64,7 @@ def transition(task: TaskDefinition, cls: Classification, state: TaskState, *,
     if cls.kind is Kind.MILESTONE and cls.milestone:
         return _milestone(task, cls, state, received_at)
     if cls.kind is Kind.ACKNOWLEDGED and cls.recipient:
-        return _acknowledged(cls, state, received_at, referenced)
+        return _acknowledged(task, cls, state, received_at, referenced)
     if cls.kind is Kind.BOUNCE and cls.recipient:
         return _bounce(cls, state, received_at, referenced)
     if cls.kind is Kind.QUARANTINE:
@@ -102,16 +102,23 @@ def _milestone(task: TaskDefinition, cls: Classification, state: TaskState,
                   summary=summary, applied=True)
 
 
-def _acknowledged(cls: Classification, state: TaskState, at: datetime,
+def _acknowledged(task: TaskDefinition, cls: Classification, state: TaskState, at: datetime,
                   referenced: Sequence[str]) -> Effect:
+    """A reply acknowledges the mail it answers and, if that was a follow-up (a reminder,
+    an event mail), the recipient's orientation too: they have evidently read our mail."""
     assert cls.recipient is not None
     n = state.notification_for(cls.recipient, referenced)
     if n is None or n.acknowledged_at is not None:
         return Effect()
-    updated = n.with_(acknowledged_at=at, acknowledged_by=cls.evidence.message_id)
+    ack = {"acknowledged_at": at, "acknowledged_by": cls.evidence.message_id}
+    orientation_templates = {r.template for r in task.roles}
+    updated = (n.with_(**ack), *(
+        o.with_(**ack) for o in state.notifications.values()
+        if o.recipient == n.recipient and o.key != n.key and o.acknowledged_at is None
+        and o.template in orientation_templates))
     summary = f"acknowledged: {cls.recipient} replied" + (
         f" (from {cls.evidence.details['from']})" if "from" in cls.evidence.details else "")
-    return Effect(notifications=(updated,),
+    return Effect(notifications=updated,
                   timeline=(TimelineEntry(at, "acknowledged", summary, cls.evidence.message_id),),
                   summary=summary, applied=True)
 

@@ -277,10 +277,11 @@ def run_poll(app: App, *, dry_run: bool = False) -> PollReport:
 
 def run_watch_forever(app: App, *, health_interval: float = 3600.0) -> None:
     """``mailtracker watch``: poll, wait for news (IDLE or polling), repeat; until a signal."""
+    from mailtracker.followup.runner import tick_sync
     from mailtracker.inbound.watch import run_watch
 
     settings = imap_settings(app)
     with app.store.exclusive("inbound", "'mailtracker poll' or 'watch'"):
         run_watch(lambda: open_mailbox(app), lambda mb: poll_once(app, mb),
                   wait_seconds=settings.watch_interval,
-                  health_interval=health_interval)
+                  health_interval=health_interval, after_poll=lambda: tick_sync(app))

@@ -86,8 +86,10 @@ def _interruptible(state: _StopState) -> Iterator[None]:
 
 def run_watch(connect: Callable[[], Mailbox], poll: Callable[[Mailbox], PollSummary], *,
               wait_seconds: float, health_interval: float = 3600.0,
-              max_backoff: float = 300.0, stop: threading.Event | None = None) -> WatchStats:
-    """Loop until stopped. ``connect`` opens and selects; ``poll`` processes one pass.
+              max_backoff: float = 300.0, stop: threading.Event | None = None,
+              after_poll: Callable[[], object] | None = None) -> WatchStats:
+    """Loop until stopped. ``connect`` opens and selects; ``poll`` processes one pass;
+    ``after_poll`` (the follow-up scheduler) runs after each successful poll.
 
     Login refusals and a missing folder are not retried forever in silence: they are logged
     as errors and retried at the slowest backoff, since a password change by IT is a
@@ -112,6 +114,8 @@ def run_watch(connect: Callable[[], Mailbox], poll: Callable[[Mailbox], PollSumm
                     stats.last_poll_at = time.time()
                     for line in summary.changes:
                         log.info("%s", line)
+                    if after_poll is not None:
+                        after_poll()
                     backoff = 1.0
                     if time.monotonic() >= next_health:
                         _health(stats)

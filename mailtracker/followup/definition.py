@@ -1,0 +1,275 @@
+"""The follow-up tables of a task definition: ``[schedule]``, ``[[events]]``, ``[reminders]``,
+``[[escalations]]`` → frozen dataclasses. Pure; every error names the key.
+
+A task definition without these tables has no follow-ups (and the default calendar).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfoNotFoundError
+
+from mailtracker.errors import TaskDefinitionError
+from mailtracker.followup.calendar import (
+    DEFAULT_CLOSED_DAYS,
+    WEEKDAYS,
+    ClosedDay,
+    WorkCalendar,
+)
+
+ORIENTED = "oriented"  # audience: every recipient whose orientation was delivered
+ORIENTATION = "orientation"  # escalation anchor: the first orientation mail sent
+CALENDAR_METHODS = ("REQUEST", "CANCEL")
+_TEMPLATE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_CLOSED_RE = re.compile(r"^(?:(\d{4})-)?(\d{2})-(\d{2})$")
+_CLOSED_NAMES = {(12, 24): "juleaftensdag", (12, 31): "nytårsaftensdag",
+                 (5, 1): "1. maj"}
+
+
+@dataclass(frozen=True)
+class EventDef:
+    """Mail ``template`` to ``to`` once ``milestone`` is reached."""
+
+    milestone: str
+    template: str
+    to: tuple[str, ...]  # role keys and/or "oriented"
+    unless: tuple[str, ...] = ()  # milestones that, recorded since, make the mail pointless
+    only_notified: str | None = None  # only to those who got this earlier event mail
+    calendar: str | None = None  # attach an .ics with this METHOD (REQUEST or CANCEL)
+    duration_minutes: int = 90  # length of the calendar entry (EG's mail gives only a start)
+
+
+@dataclass(frozen=True)
+class ReminderDef:
+    """Remind unacknowledged recipients ``after_working_days`` after their orientation."""
+
+    template: str = "reminder-orientation"
+    after_working_days: int = 5
+    max_count: int = 1
+    interval_working_days: int = 5  # between one reminder and the next
+    roles: tuple[str, ...] = ()  # empty: the required roles
+
+
+@dataclass(frozen=True)
+class EscalationDef:
+    """Tell ``to`` when ``milestone`` has not arrived by the deadline.
+
+    The deadline is ``deadline`` (a fixed date), or ``after`` ("orientation" or a milestone)
+    plus ``delay`` (calendar time) or ``working_days``.
+    """
+
+    milestone: str
+    template: str
+    to: tuple[str, ...] = ("kp_owner",)
+    unless: tuple[str, ...] = ()  # later milestones that show it arrived (signed ⇒ received)
+    after: str = ORIENTATION
+    delay: timedelta | None = None
+    working_days: int | None = None
+    deadline: date | None = None
+
+
+@dataclass(frozen=True)
+class Followups:
+    calendar: WorkCalendar = field(default_factory=WorkCalendar)
+    events: tuple[EventDef, ...] = ()
+    reminders: ReminderDef | None = None
+    escalations: tuple[EscalationDef, ...] = ()
+
+
+class _Reader:
+    """Typed access to one table, raising errors that name ``where.key``."""
+
+    def __init__(self, table: Any, where: str, path: Path | None):
+        if not isinstance(table, Mapping):
+            raise TaskDefinitionError("must be a table", path=path, key=where)
+        self.table, self.where, self.path = table, where, path
+
+    def fail(self, key: str, message: str) -> TaskDefinitionError:
+        return TaskDefinitionError(message, path=self.path, key=f"{self.where}.{key}")
+
+    def check_keys(self, allowed: Collection[str]) -> None:
+        for key in self.table:
+            if key not in allowed:
+                raise self.fail(key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self.table.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, "must be a non-empty string")
+        return value.strip()
+
+    def template(self, key: str, default: str | None = None) -> str:
+        value = self.text(key, default)
+        if not _TEMPLATE_RE.match(value):
+            raise self.fail(key, f"not a template name: {value!r}")
+        return value
+
+    def integer(self, key: str, default: int | None, minimum: int) -> int:
+        value = self.table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(key, f"must be a whole number of at least {minimum}")
+        return value
+
+    def names(self, key: str, default: tuple[str, ...], known: Collection[str]) -> tuple[str, ...]:
+        value = self.table.get(key, list(default))
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, "must be a list of names")
+        for v in value:
+            if v not in known:
+                raise self.fail(key, f"unknown name {v!r} (known: {', '.join(sorted(known))})")
+        return tuple(value)
+
+
+def followups_from_mapping(data: Mapping[str, Any], *, roles: Collection[str],
+                           milestones: Collection[str], path: Path | None = None) -> Followups:
+    """Read the follow-up tables of a task definition. Raises ``TaskDefinitionError``."""
+    calendar = _calendar(data.get("schedule", {}), path)
+    raw_events = data.get("events", [])
+    raw_escalations = data.get("escalations", [])
+    for key, value in (("events", raw_events), ("escalations", raw_escalations)):
+        if not isinstance(value, list):
+            raise TaskDefinitionError("must be an array of tables ([[...]])", path=path, key=key)
+    events = tuple(_event(_Reader(t, f"events[{i}]", path), roles, milestones)
+                   for i, t in enumerate(raw_events))
+    event_templates = {e.template for e in events}
+    for i, e in enumerate(events):
+        if e.only_notified is not None and e.only_notified not in event_templates:
+            raise TaskDefinitionError(f"no event with template {e.only_notified!r}", path=path,
+                                      key=f"events[{i}].only_notified")
+    reminders = None
+    if "reminders" in data:
+        reminders = _reminders(_Reader(data["reminders"], "reminders", path), roles)
+    escalations = tuple(_escalation(_Reader(t, f"escalations[{i}]", path), roles, milestones)
+                        for i, t in enumerate(raw_escalations))
+    return Followups(calendar=calendar, events=events, reminders=reminders,
+                     escalations=escalations)
+
+
+def _calendar(table: Any, path: Path | None) -> WorkCalendar:
+    r = _Reader(table, "schedule", path)
+    r.check_keys({"timezone", "working_days", "opens", "closes", "danish_holidays",
+                  "closed_days"})
+    days = r.names("working_days", WEEKDAYS[:5], WEEKDAYS)
+    if not days:
+        raise r.fail("working_days", "must name at least one weekday")
+    holidays = r.table.get("danish_holidays", True)
+    if not isinstance(holidays, bool):
+        raise r.fail("danish_holidays", "must be true or false")
+    opens, closes = _clock(r, "opens", "08:00"), _clock(r, "closes", "16:00")
+    if not opens < closes:
+        raise r.fail("closes", "must be later than opens")
+    timezone = r.text("timezone", "Europe/Copenhagen")
+    try:
+        return WorkCalendar(timezone=timezone,
+                            working_days=frozenset(WEEKDAYS.index(d) for d in days),
+                            opens=opens, closes=closes, danish_holidays=holidays,
+                            closed_days=_closed_days(r))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise r.fail("timezone", f"unknown time zone {timezone!r}") from None
+
+
+def _clock(r: _Reader, key: str, default: str) -> time:
+    value = r.table.get(key, default)
+    if isinstance(value, time):  # TOML local time: opens = 08:00
+        return value
+    try:
+        hours, minutes = str(value).split(":")
+        return time(int(hours), int(minutes))
+    except ValueError:
+        raise r.fail(key, f"not a time of day like \"08:00\": {value!r}") from None
+
+
+def _closed_days(r: _Reader) -> tuple[ClosedDay, ...]:
+    if "closed_days" not in r.table:
+        return DEFAULT_CLOSED_DAYS
+    value = r.table["closed_days"]
+    if not isinstance(value, list):
+        raise r.fail("closed_days", 'must be a list like ["12-24", "2026-05-15"]')
+    out = []
+    for item in value:
+        if isinstance(item, date) and not isinstance(item, datetime):
+            out.append(ClosedDay(item.month, item.day, item.year))
+            continue
+        match = _CLOSED_RE.match(str(item))
+        try:
+            if match is None:
+                raise ValueError
+            year = int(match[1]) if match[1] else None
+            date(year or 2024, int(match[2]), int(match[3]))  # 2024: a leap year allows 02-29
+        except ValueError:
+            raise r.fail("closed_days", f'not "MM-DD" or "YYYY-MM-DD": {item!r}') from None
+        month, day = int(match[2]), int(match[3])
+        label = "" if year else _CLOSED_NAMES.get((month, day), "")
+        out.append(ClosedDay(month, day, year, label))
+    return tuple(out)
+
+
+def _event(r: _Reader, roles: Collection[str], milestones: Collection[str]) -> EventDef:
+    r.check_keys({"milestone", "template", "to", "unless", "only_notified", "calendar",
+                  "duration_minutes"})
+    milestone = r.names("milestone", (), milestones)
+    if len(milestone) != 1:
+        raise r.fail("milestone", "must name one milestone")
+    to = r.names("to", (), {*roles, ORIENTED})
+    if not to:
+        raise r.fail("to", f"must name at least one role (or {ORIENTED!r})")
+    method = r.table.get("calendar")
+    if method is not None and (not isinstance(method, str)
+                               or method.upper() not in CALENDAR_METHODS):
+        raise r.fail("calendar", f"must be one of {', '.join(CALENDAR_METHODS)}")
+    only = r.template("only_notified") if "only_notified" in r.table else None
+    return EventDef(milestone=milestone[0],
+                    template=r.template("template", f"event-{milestone[0]}"),
+                    to=to, unless=r.names("unless", (), milestones), only_notified=only,
+                    calendar=method.upper() if isinstance(method, str) else None,
+                    duration_minutes=r.integer("duration_minutes", 90, 1))
+
+
+def _reminders(r: _Reader, roles: Collection[str]) -> ReminderDef:
+    r.check_keys({"template", "after_working_days", "max_count", "interval_working_days",
+                  "roles"})
+    return ReminderDef(template=r.template("template", "reminder-orientation"),
+                       after_working_days=r.integer("after_working_days", 5, 1),
+                       max_count=r.integer("max_count", 1, 0),
+                       interval_working_days=r.integer("interval_working_days", 5, 1),
+                       roles=r.names("roles", (), roles))
+
+
+def _escalation(r: _Reader, roles: Collection[str],
+                milestones: Collection[str]) -> EscalationDef:
+    r.check_keys({"milestone", "template", "to", "unless", "after", "days", "weeks",
+                  "working_days", "deadline"})
+    milestone = r.names("milestone", (), milestones)
+    if len(milestone) != 1:
+        raise r.fail("milestone", "must name one milestone")
+    given = [k for k in ("days", "weeks", "working_days", "deadline") if k in r.table]
+    if len(given) != 1:
+        raise r.fail("deadline", "give exactly one of days, weeks, working_days or deadline")
+    deadline = r.table.get("deadline")
+    if deadline is not None and (not isinstance(deadline, date)
+                                 or isinstance(deadline, datetime)):
+        raise r.fail("deadline", "must be a date like 2026-06-30")
+    delay = None
+    if "days" in r.table:
+        delay = timedelta(days=r.integer("days", None, 1))
+    elif "weeks" in r.table:
+        delay = timedelta(weeks=r.integer("weeks", None, 1))
+    working_days = r.integer("working_days", None, 1) if "working_days" in r.table else None
+    after = r.names("after", (ORIENTATION,), {*milestones, ORIENTATION})
+    if len(after) != 1:
+        raise r.fail("after", f"must name one milestone or {ORIENTATION!r}")
+    to = r.names("to", ("kp_owner",), roles) if "kp_owner" in roles or "to" in r.table else ()
+    if not to:
+        raise r.fail("to", "must name at least one role")
+    return EscalationDef(milestone=milestone[0],
+                         template=r.template("template", f"escalation-{milestone[0]}"),
+                         to=to, unless=r.names("unless", (), milestones), after=after[0],
+                         delay=delay, working_days=working_days,
+                         deadline=deadline)
