@@ -422,6 +422,10 @@ def _oauth2(data: Mapping[str, Any], path: Path) -> OAuth2Settings | None:
                                     "'kommune.onmicrosoft.com', not a URL")
     flow = cast(OAuth2Flow, sec.choice("flow", "client_credentials",
                                        ("client_credentials", "device_code")))
+    if flow == "client_credentials" and tenant.lower() in {"common", "organizations",
+                                                           "consumers"}:
+        raise sec._err("tenant_id", "an app signs in to one tenant: use its directory "
+                                    "(tenant) ID, not " + repr(tenant))
     authority = sec.req_str("authority", f"https://login.microsoftonline.com/{tenant}")
     authority = authority.strip().rstrip("/")
     if not authority.startswith("https://") or any(c in authority for c in "?# "):

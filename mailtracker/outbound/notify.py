@@ -178,7 +178,16 @@ async def _send_all(app: App, plan: Sequence[OutgoingMail], password: str | None
 
 
 def _record(txn: Transaction, n: Notification, result: NotifyResult) -> None:
-    """Store a send's outcome, with a timeline entry for the status history."""
+    """Store a send's outcome, with a timeline entry for the status history.
+
+    Only the send's own fields come from ``n``: while the SMTP transaction ran, ``watch`` may
+    have recorded a bounce or a reply to this very message (a local MTA bounces before it
+    answers 250), and the copy read before sending must not overwrite that.
+    """
+    current = txn.notification(n.key)
+    if current is not None:
+        n = current.with_(state=n.state, attempts=n.attempts, updated_at=n.updated_at,
+                          sent_at=n.sent_at, last_error=n.last_error)
     txn.put_notification(n)
     if n.updated_at is not None:
         detail = f": {result.detail}" if result.detail else ""

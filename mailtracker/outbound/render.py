@@ -34,6 +34,7 @@ A variable a template uses but the context lacks is a ``TemplateError``, never a
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import unicodedata
@@ -138,7 +139,10 @@ def orientation_context(*, recipient_name: str, recipient_email: str, role: str,
     }
 
 
+@functools.lru_cache(maxsize=32)
 def _environment(directory: Path) -> jinja2.Environment:
+    # One per directory, so each template is compiled once per process, not once per mail;
+    # Jinja2 still reloads a template whose file changed (auto_reload).
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(directory, encoding="utf-8"),
         undefined=jinja2.StrictUndefined,

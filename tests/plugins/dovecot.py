@@ -10,6 +10,10 @@ Fixtures:
   ``port_starttls``, which then is a plain port, and ``port_tls`` is None) or without some
   capabilities such as ``IDLE`` or ``MOVE`` (the server still accepts those commands; it just
   does not announce them, which is what a client goes by). Stopped at teardown.
+  ``start(oauth2_introspection_url=url)`` adds SASL XOAUTH2 and OAUTHBEARER (or only
+  ``oauth2_mechanisms``) with an ``oauth2`` passdb that asks ``url`` (RFC 7662 introspection,
+  e.g. ``fake_idp.introspection_url``) whether a token is active and whose it is; passwords
+  keep working through the passwd-file passdb.
 
 What a :class:`Dovecot` offers (``dovecot.host`` is always ``127.0.0.1``)::
 
@@ -147,7 +151,9 @@ class Dovecot:
 
     host = "127.0.0.1"
 
-    def __init__(self, ca: TestCA, *, starttls: bool = True, capability: str | None = None):
+    def __init__(self, ca: TestCA, *, starttls: bool = True, capability: str | None = None,
+                 oauth2_introspection_url: str | None = None,
+                 oauth2_mechanisms: Sequence[str] = ("xoauth2", "oauthbearer")):
         self.ca_file = ca.ca_file
         # Short path: unix sockets under base_dir must stay below 108 bytes.
         self.root = Path(tempfile.mkdtemp(prefix="mtdc", dir="/tmp"))
@@ -163,12 +169,15 @@ class Dovecot:
             (self.root / sub).mkdir()
         os.chown(self.root / "home", self._uid, self._gid)
         ssl_files = (f"ssl_cert = <{ca.cert_file}\nssl_key = <{ca.key_file}" if starttls else "")
-        self.conf.write_text(_CONFIG.format(
+        conf = _CONFIG.format(
             root=self.root, name=self.root.name, ssl="yes" if starttls else "no",
             ssl_files=ssl_files, uid=self._uid, gid=self._gid,
             capability=f"imap_capability = {capability}" if capability else "",
             port_starttls=self.port_starttls, port_tls=self.port_tls or 0,
-        ))
+        )
+        if oauth2_introspection_url:
+            conf = _with_oauth2(conf, self.root, oauth2_introspection_url, oauth2_mechanisms)
+        self.conf.write_text(conf)
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -349,6 +358,25 @@ class Dovecot:
         return ImapSettings(**fields)
 
 
+def _with_oauth2(conf: str, root: Path, url: str, mechanisms: Sequence[str]) -> str:
+    """``conf`` plus an oauth2 passdb for ``mechanisms``; the passwd-file passdb keeps
+    PLAIN and LOGIN, so a token is never compared with a password."""
+    args = root / "oauth2.conf.ext"
+    args.write_text("introspection_mode = post\n"
+                    f"introspection_url = {url}\n"
+                    "username_attribute = username\n"
+                    "active_attribute = active\n"
+                    "active_value = true\n"
+                    "force_introspection = yes\n"
+                    "timeout_msecs = 5000\n")
+    mechs = " ".join(mechanisms)
+    conf = conf.replace("auth_mechanisms = plain login\n",
+                        f"auth_mechanisms = plain login {mechs}\n")
+    conf = conf.replace("  driver = passwd-file\n",
+                        "  driver = passwd-file\n  mechanisms = plain login\n")
+    return conf + f"passdb {{\n  driver = oauth2\n  mechanisms = {mechs}\n  args = {args}\n}}\n"
+
+
 def _text(value: bytes | str) -> str:
     return value.decode("ascii", "replace") if isinstance(value, bytes) else value
 
@@ -388,14 +416,18 @@ def dovecot_factory(test_ca: TestCA, dovecot: Dovecot) -> Iterator[Callable[...,
     servers: list[Dovecot] = []
     default_caps: list[str] = []
 
-    def start(*, starttls: bool = True, drop_capabilities: Sequence[str] = ()) -> Dovecot:
+    def start(*, starttls: bool = True, drop_capabilities: Sequence[str] = (),
+              oauth2_introspection_url: str | None = None,
+              oauth2_mechanisms: Sequence[str] = ("xoauth2", "oauthbearer")) -> Dovecot:
         capability = None
         if drop_capabilities:
             if not default_caps:
                 default_caps.extend(_post_login_capabilities(dovecot))
             drop = {c.upper() for c in drop_capabilities}
             capability = " ".join(c for c in default_caps if c.upper() not in drop)
-        server = _start(test_ca, starttls=starttls, capability=capability)
+        server = _start(test_ca, starttls=starttls, capability=capability,
+                        oauth2_introspection_url=oauth2_introspection_url,
+                        oauth2_mechanisms=oauth2_mechanisms)
         servers.append(server)
         return server
 

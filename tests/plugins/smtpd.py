@@ -13,6 +13,9 @@ Fixtures
         make_smtp_server(tls="none")             # no STARTTLS, but AUTH offered in clear (the trap)
         make_smtp_server(cert_ca=other_ca)       # certificate from a CA clients do not trust
         make_smtp_server(auth_required=False)    # MAIL accepted without login
+        make_smtp_server(token_check=fn)         # XOAUTH2 asks fn(user, token) -> bool, e.g.
+                                                 # lambda u, t: fake_idp.validate(t) == u;
+                                                 # AUTH lines up to 16 KB (real tokens)
 
 What a test can observe (``SmtpTestServer``)
 ------------------------------------------
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import email
 import enum
@@ -59,7 +63,7 @@ from dataclasses import dataclass, field, replace
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -177,6 +181,7 @@ class _ServerState:
         self.username = username
         self.password = password
         self.token = TOKEN
+        self.token_check: Callable[[str, str], bool] | None = None
         self.hold_limit = hold_limit
         self.faults = Faults()
         self.messages: list[ReceivedMessage] = []
@@ -266,7 +271,12 @@ class _RecordingHandler:
                 decoded = base64.b64decode(args[1], validate=True).decode("utf-8")
                 fields = dict(f.split("=", 1) for f in decoded.split("\x01") if "=" in f)
         login = fields.get("user", "")
-        ok = login == self.state.username and fields.get("auth") == f"Bearer {self.state.token}"
+        if self.state.token_check is not None:
+            bearer = fields.get("auth", "")
+            ok = bearer.startswith("Bearer ") and self.state.token_check(login, bearer[7:])
+        else:
+            ok = (login == self.state.username
+                  and fields.get("auth") == f"Bearer {self.state.token}")
         self.state.record(AuthAttempt("XOAUTH2", login, ok, _over_tls(server)))
         return AuthResult(success=ok, handled=False, auth_data=LoginPassword(login.encode(), b""))
 
@@ -346,6 +356,14 @@ class _RecordingSMTP(SMTP):
         return AuthResult(success=ok, handled=False, auth_data=auth_data)
 
 
+class _LongLineSMTP(_RecordingSMTP):
+    """Real access tokens are 1.5-3 KB: AUTH lines far beyond aiosmtpd's 512 bytes."""
+
+    command_size_limit = 16384
+    command_size_limits: ClassVar[dict[str, int]] = collections.defaultdict(lambda: 16384)
+    line_length_limit = 16384
+
+
 class _Controller(Controller):
     """A Controller on 127.0.0.1, port 0 (the kernel picks a free port)."""
 
@@ -358,7 +376,8 @@ class _Controller(Controller):
             # aiosmtpd warns when AUTH does not require its own STARTTLS; for implicit TLS the
             # warning is wrong, and for tls="none" the clear-text AUTH is the point.
             warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
-            return _RecordingSMTP(self.state, self.handler, **self.SMTP_kwargs)
+            cls = _RecordingSMTP if self.state.token_check is None else _LongLineSMTP
+            return cls(self.state, self.handler, **self.SMTP_kwargs)
 
     def start(self) -> None:
         super().start()
@@ -450,6 +469,7 @@ def start_smtp_server(
     username: str = USERNAME,
     password: str = PASSWORD,
     hold_limit: float = 30.0,
+    token_check: Callable[[str, str], bool] | None = None,
 ) -> SmtpTestServer:
     """Start a server in a thread. ``cert_ca`` signs its certificate (default ``test_ca``).
 
@@ -460,6 +480,7 @@ def start_smtp_server(
     """
     signer = cert_ca or test_ca
     state = _ServerState(username, password, hold_limit)
+    state.token_check = token_check
     kwargs: dict[str, Any] = {
         "server_hostname": SERVER_NAME,
         "auth_required": auth_required,
