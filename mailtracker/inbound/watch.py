@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Protocol
 
-from mailtracker.errors import ImapAuthError, ImapError, ImapFolderError, StoreError
+from mailtracker.errors import (
+    ImapAuthError,
+    ImapError,
+    ImapFolderError,
+    OAuth2Error,
+    OAuth2UnavailableError,
+    StoreError,
+)
 from mailtracker.inbound.imap import Mailbox
 
 log = logging.getLogger("mailtracker.watch")
@@ -127,23 +134,32 @@ def run_watch(connect: Callable[[], Mailbox], poll: Callable[[Mailbox], PollSumm
                             1.0, next_health - time.monotonic())))
             except StopRequested:
                 pass
-            except (ImapAuthError, ImapFolderError) as exc:
+            except (ImapAuthError, ImapFolderError, OAuth2Error) as exc:
+                if isinstance(exc, OAuth2UnavailableError):  # the IdP is down: a lost link
+                    backoff = _link_lost(state, stats, exc, backoff, max_backoff)
+                    continue
                 stats.last_error = str(exc)
                 log.error("%s; retrying in %.0f s", exc, max_backoff)
                 backoff = max_backoff
                 _pause(state, backoff)
             except (ImapError, OSError, StoreError) as exc:
-                stats.last_error = str(exc)
-                stats.reconnects += 1
-                log.warning("%s; reconnecting in %.0f s", exc, backoff)
-                _pause(state, backoff)
-                backoff = min(backoff * 2, max_backoff)
+                backoff = _link_lost(state, stats, exc, backoff, max_backoff)
             finally:
                 if mailbox is not None:
                     _close(mailbox, aborted=state.event.is_set())
     log.info("stopped after %d poll(s), %d message(s), %d change(s)", stats.polls,
              stats.messages, stats.changes)
     return stats
+
+
+def _link_lost(state: _StopState, stats: WatchStats, exc: BaseException, backoff: float,
+               max_backoff: float) -> float:
+    """Log, wait ``backoff`` (interruptibly) and return the next, doubled backoff."""
+    stats.last_error = str(exc)
+    stats.reconnects += 1
+    log.warning("%s; reconnecting in %.0f s", exc, backoff)
+    _pause(state, backoff)
+    return min(backoff * 2, max_backoff)
 
 
 def _pause(state: _StopState, seconds: float) -> None:
