@@ -1,9 +1,10 @@
-"""The state file: TinyDB over an atomic, fsynced JSON storage (the only tinydb importer).
+"""The state: TinyDB views and transactions over the state file (the only tinydb importer).
 
 Guarantees:
-- A write goes to a temp file in the same directory, is fsynced, ``os.replace``d over the old
-  file and the directory is fsynced. A full disk or a crash leaves the previous file intact.
-- Writers are serialised by a lock file; a transaction reads the file under the lock, so no
+- Each transaction is written once, atomically and durably, or not at all: a full disk or a
+  crash leaves the previous state intact (see ``mailtracker.statefile`` for the snapshot and
+  its journal).
+- Writers are serialised by a lock file; a transaction reads the state under the lock, so no
   stale ``_next_id`` or cache survives from an earlier read. Documents are keyed by us (a hash
   of their natural key), never by TinyDB's counter.
 - One write per transaction (a poll batch is one transaction), and none if nothing changed.
@@ -12,23 +13,18 @@ Guarantees:
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import filelock
 from tinydb import TinyDB
 from tinydb.storages import Storage
-from tinydb.table import Document, Table
+from tinydb.table import Table
 
-from mailtracker.errors import StoreCorruptError, StoreError, StoreFullError, StoreLockedError
+from mailtracker.errors import StoreError, StoreLockedError
 from mailtracker.models import (
     HandledMessage,
     MilestoneRecord,
@@ -40,6 +36,7 @@ from mailtracker.models import (
     Watermark,
 )
 from mailtracker.serialize import from_doc, to_doc
+from mailtracker.statefile import Ops, StateFile
 
 SCHEMA_VERSION = 1
 
@@ -55,84 +52,59 @@ def doc_id_for(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:6], "big")
 
 
-class AtomicJSONStorage(Storage):
-    """TinyDB storage that never leaves a half-written file behind."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def read(self) -> dict[str, Any] | None:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StoreError(f"cannot read state file: {exc.strerror}", path=self.path) from None
-        if not text.strip():
-            return None
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise StoreCorruptError(
-                f"state file is not valid JSON ({exc}); it was left untouched — restore it from a "
-                "backup or move it away", path=self.path) from None
-        if not isinstance(data, dict):
-            raise StoreCorruptError("state file is not a mailtracker store", path=self.path)
-        return data
-
-    def write(self, data: dict[str, Any]) -> None:
-        payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-        directory = self.path.parent
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                        dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload.encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp_name, 0o600)  # names and addresses: personal data
-            os.replace(tmp_name, self.path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreFullError(
-                    "disk full while saving state; nothing was changed (the previous state is "
-                    "intact) — free some space and run the command again", path=self.path
-                ) from None
-            raise StoreError(f"cannot write state file: {exc.strerror}", path=self.path) from None
-        _fsync_dir(directory)
-
-    def close(self) -> None:
-        pass
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
 class _BufferStorage(Storage):
-    """In-memory TinyDB storage for one transaction; the Store writes it out once."""
+    """In-memory TinyDB storage for one transaction; the Store writes it out once.
+
+    ``data`` may share its tables with other views of the same file (the Store keeps the
+    last state it read or wrote): a table is copied before its first change, and documents
+    are replaced, never changed in place.
+    """
 
     def __init__(self, data: dict[str, Any]):
-        self.data = data
+        self.data = dict(data)
         self.dirty = False
+        self.closed = False
+        self._copied: set[str] = set()
+        self._touched: dict[tuple[str, str], None] = {}  # (table, doc_id), in order
+        self._untracked = False  # TinyDB itself wrote: the changes are not known one by one
 
     def read(self) -> dict[str, Any]:
         return self.data
 
     def write(self, data: dict[str, Any]) -> None:
+        self._check_open()
         self.data = data
         self.dirty = True
+        self._untracked = True
+
+    def touch(self, table: str, doc_id: str) -> None:
+        self._touched[(table, doc_id)] = None
+
+    def rewrite_all(self) -> None:
+        """Write the whole state, not a journal line: nothing removed may stay on disk."""
+        self._check_open()
+        self.dirty = True
+        self._untracked = True
+
+    def ops(self) -> Ops | None:
+        """The changed documents' final versions (None: removed); None if not known."""
+        if self._untracked:
+            return None
+        return [[t, d, self.data.get(t, {}).get(d)] for t, d in self._touched]
+
+    def table_for_write(self, name: str) -> dict[str, Any]:
+        """The table ``name`` (created if missing), safe to change in place."""
+        self._check_open()
+        self.dirty = True
+        if name not in self._copied:
+            self.data[name] = dict(self.data.get(name, {}))
+            self._copied.add(name)
+        table: dict[str, Any] = self.data[name]
+        return table
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StoreError("write after the end of its transaction (a bug)")
 
 
 def _migrate(data: dict[str, Any] | None, path: Path) -> dict[str, Any]:
@@ -158,6 +130,11 @@ class StateView:
 
     def _table(self, name: str) -> Table:
         return self._db.table(name, cache_size=0)
+
+    def _raw(self, name: str) -> dict[str, Any]:
+        """The table's documents as stored, ``{doc_id: doc}`` (read-only use: no copies)."""
+        table: dict[str, Any] = (self._db.storage.read() or {}).get(name, {})
+        return table
 
     def _all(self, table: str, cls: type[T]) -> list[T]:
         return [from_doc(cls, dict(doc)) for doc in self._table(table).all()]
@@ -189,13 +166,13 @@ class StateView:
                 for d in docs if d.get("task") == task}
 
     def handled_ids(self) -> set[str]:
-        return {d["message_id"] for d in self._table("handled").all()}
+        return {d["message_id"] for d in self._raw("handled").values()}
 
     def handled_count(self) -> int:
-        return len(self._table("handled"))
+        return len(self._raw("handled"))
 
     def is_handled(self, message_id: str) -> bool:
-        return self._table("handled").contains(doc_id=doc_id_for(message_id))
+        return str(doc_id_for(message_id)) in self._raw("handled")
 
     def watermark(self, account: str, folder: str) -> Watermark | None:
         return self._get("watermarks", Watermark, f"{account}|{folder}")
@@ -219,15 +196,28 @@ class StateView:
 class Transaction(StateView):
     """Read and write access under the store's lock; written once when the block ends."""
 
+    # Writes change the buffered data directly, as TinyDB's upsert/insert/remove would, but
+    # without TinyDB re-keying the whole table on every call (a 20,000-record table made
+    # each write cost milliseconds).
+
+    def _writable(self, table: str, doc_ids: Iterable[str]) -> dict[str, Any]:
+        storage = self._db.storage
+        assert isinstance(storage, _BufferStorage)
+        for did in doc_ids:
+            storage.touch(table, did)
+        return storage.table_for_write(table)
+
     def _put(self, table: str, key: str, doc: dict[str, Any]) -> None:
-        self._table(table).upsert(Document(doc, doc_id=doc_id_for(key)))
+        did = str(doc_id_for(key))
+        docs = self._writable(table, [did])
+        # Like TinyDB's upsert: fields of a stored document that ``doc`` lacks are kept.
+        docs[did] = {**docs.get(did, {}), **doc}
 
     def _remove(self, table: str, key: str) -> bool:
-        t = self._table(table)
-        did = doc_id_for(key)
-        if not t.contains(doc_id=did):
+        did = str(doc_id_for(key))
+        if did not in self._raw(table):
             return False
-        t.remove(doc_ids=[did])
+        del self._writable(table, [did])[did]
         return True
 
     def put_recipient(self, recipient: Recipient) -> None:
@@ -250,11 +240,16 @@ class Transaction(StateView):
         return self._remove("milestones", f"{task}|{name}")
 
     def add_handled(self, entries: list[HandledMessage]) -> None:
-        table = self._table("handled")
-        docs = [Document(to_doc(e), doc_id=doc_id_for(e.message_id)) for e in entries]
-        new = [d for d in docs if not table.contains(doc_id=d.doc_id)]
+        known = self._raw("handled")
+        new: dict[str, HandledMessage] = {}
+        for e in entries:
+            did = str(doc_id_for(e.message_id))
+            if did not in known:
+                new.setdefault(did, e)
         if new:
-            table.insert_multiple(new)
+            docs = self._writable("handled", list(new))
+            for did, e in new.items():
+                docs[did] = to_doc(e)
 
     def set_watermark(self, watermark: Watermark) -> None:
         self._put("watermarks", watermark.key, to_doc(watermark))
@@ -282,7 +277,12 @@ class Transaction(StateView):
         tl_ids = [d.doc_id for d in timeline.all()
                   if email in json.dumps(d, ensure_ascii=False).lower()]
         timeline.remove(doc_ids=tl_ids) if tl_ids else None
-        return removed + len(tl_ids)
+        removed += len(tl_ids)
+        if removed:
+            storage = self._db.storage
+            assert isinstance(storage, _BufferStorage)
+            storage.rewrite_all()
+        return removed
 
 
 class Store:
@@ -291,22 +291,23 @@ class Store:
     def __init__(self, path: Path, *, lock_timeout: float = 10.0):
         self.path = path
         self.lock_timeout = lock_timeout
-        self._storage = AtomicJSONStorage(path)
+        self._file = StateFile(path, lambda data: _migrate(data, path))
 
     def _lock_path(self, suffix: str) -> Path:
         return self.path.with_name(self.path.name + suffix)
 
-    def _load(self) -> dict[str, Any]:
-        return _migrate(self._storage.read(), self.path)
-
     def snapshot(self) -> StateView:
-        """A consistent read-only view (no lock needed: writes replace the file atomically)."""
-        buffer = _BufferStorage(self._load())
+        """A consistent read-only view (no lock needed: writes replace the snapshot
+        atomically, and a reader never replays a journal line that was not committed)."""
+        buffer = _BufferStorage(self._file.load().data)
+        buffer.closed = True
         return StateView(TinyDB(storage=lambda: buffer))
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Lock, read fresh, yield; write once on success, discard on exception."""
+        import filelock  # here, not at the top: read-only commands start faster without it
+
         self._ensure_dir()
         lock = filelock.FileLock(str(self._lock_path(".lock")), timeout=self.lock_timeout)
         try:
@@ -315,13 +316,17 @@ class Store:
             raise StoreLockedError(
                 f"another mailtracker process has been writing the state for more than "
                 f"{self.lock_timeout:g} s; try again when it is done", path=self.path) from None
+        buffer: _BufferStorage | None = None
         try:
-            buffer = _BufferStorage(self._load())
+            loaded = self._file.load()
+            buffer = _BufferStorage(loaded.data)
             db = TinyDB(storage=lambda: buffer)
             yield Transaction(db)
-            if buffer.dirty or not self.path.exists():
-                self._storage.write(buffer.data)
+            if buffer.dirty or loaded.snapshot is None:
+                self._file.commit(loaded, buffer.data, buffer.ops())
         finally:
+            if buffer is not None:
+                buffer.closed = True
             lock.release()
 
     @contextmanager
@@ -330,6 +335,8 @@ class Store:
 
         ``activity`` names the lock file; ``what`` the commands it stands for, for the error.
         """
+        import filelock
+
         self._ensure_dir()
         path = self._lock_path(f".{activity}.lock")
         lock = filelock.FileLock(str(path), timeout=0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from mailtracker.app import App
@@ -23,7 +23,7 @@ from mailtracker.inbound.classify import Classification, Kind, classify
 from mailtracker.inbound.facts import IncomingMessage
 from mailtracker.inbound.imap import HeaderInfo, Mailbox
 from mailtracker.inbound.parse import parse
-from mailtracker.inbound.prefilter import is_candidate
+from mailtracker.inbound.prefilter import could_be_candidate, is_candidate, screen
 from mailtracker.models import HandledMessage, UnparseableEntry, Watermark
 from mailtracker.secrets import resolve_credential, token_renewer
 from mailtracker.store import Transaction
@@ -141,8 +141,7 @@ def _process_chunk(app: App, mailbox: Mailbox, chunk: Sequence[int], report: Pol
     handled = view.handled_ids()
     items: list[_Item] = []
     unparseable: list[UnparseableEntry] = []
-    for head in mailbox.fetch_headers(chunk):
-        report.scanned += 1
+    for head in _candidates(app, mailbox, chunk, sent, report):
         item = _examine(app, mailbox, head, sent, handled, report)
         if item is None:
             continue
@@ -154,6 +153,31 @@ def _process_chunk(app: App, mailbox: Mailbox, chunk: Sequence[int], report: Pol
     applied = _write_batch(app, items, unparseable, chunk[-1], report, dry_run=dry_run)
     if not dry_run and applied:
         _post_action(mailbox, settings, applied)
+
+
+def _candidates(app: App, mailbox: Mailbox, chunk: Sequence[int], sent: dict[str, str],
+                report: PollReport) -> list[HeaderInfo]:
+    """The chunk's messages that ``_examine`` must look at, with size and INTERNALDATE.
+
+    The rest are turned away by the prefilter's screen on the raw header bytes, which says
+    no only where ``_examine``'s parse + is_candidate would say no too; they need neither
+    a parse nor their size and date.
+    """
+    how = screen(app.task.rules, app.settings.trust, sent)
+    heads = []
+    for head in mailbox.fetch_headers(chunk, lean=True):
+        report.scanned += 1
+        if could_be_candidate(head.header_bytes, how):
+            heads.append(head)
+    if not heads:
+        return []
+    details = mailbox.sizes_and_dates([h.uid for h in heads])
+    result = []
+    for head in heads:
+        # A message expunged meanwhile keeps size 0 and no date: _examine's fetch skips it.
+        size, date = details.get(head.uid, (0, None))
+        result.append(replace(head, size=size, internaldate=date))
+    return result
 
 
 def _examine(app: App, mailbox: Mailbox, head: HeaderInfo, sent: dict[str, str],
@@ -226,8 +250,7 @@ def _apply_items(app: App, state: TaskState, items: Iterable[_Item], report: Pol
                  applied: list[int], txn: Transaction | None) -> None:
     for item in items:
         effect = transition(app.task, item.cls, state, received_at=item.received_at,
-                            referenced=(*filter(None, [item.msg.in_reply_to]),
-                                        *item.msg.references))
+                            referenced=_referenced(item.msg))
         apply_to_state(state, effect)
         if effect.summary:
             report.changes.append(effect.summary)
@@ -236,6 +259,14 @@ def _apply_items(app: App, state: TaskState, items: Iterable[_Item], report: Pol
             applied.append(item.uid)
         if txn is not None:
             _write_effect(app, txn, effect)
+
+
+def _referenced(msg: IncomingMessage) -> tuple[str, ...]:
+    """The Message-IDs ``msg`` answers. A DSN names the bounced mail only in its report:
+    without it, a follow-up's bounce would land on the recipient's orientation."""
+    report = msg.delivery_report
+    returned = report.original_message_id if report is not None else None
+    return (*filter(None, [msg.in_reply_to, returned]), *msg.references)
 
 
 def _write_effect(app: App, txn: Transaction, effect: Effect) -> None:

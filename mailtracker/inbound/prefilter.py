@@ -9,13 +9,33 @@ a false negative would lose an event, so the filter errs on the side of fetching
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import email._encoded_words as _ew  # type: ignore[import-not-found]
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 from mailtracker.config import TrustSettings
 from mailtracker.inbound.facts import IncomingMessage
+from mailtracker.inbound.fromheader import MAX_FROM_CHARS, _scrape_domains
+from mailtracker.inbound.parse import (
+    _FORWARD_RE,
+    _MSGID_RE,
+    MAX_CONTAINERS,
+    MAX_DELIMITER_LINES,
+    MAX_SUBJECT,
+)
 from mailtracker.inbound.rules import InboundRules
 from mailtracker.inbound.senderauth import domain_under
-from mailtracker.inbound.text import contains, normalise
+from mailtracker.inbound.text import clean, contains, normalise
+
+
+def _watched(rules: InboundRules, trust: TrustSettings) -> tuple[str, ...]:
+    return (*trust.sender_domains, *trust.signing_domains,
+            *(d for n in rules.negatives for d in n.from_domains))
+
+
+def _words(rules: InboundRules) -> tuple[str, ...]:
+    return tuple(word for rule in rules.rules for group in rule.words for word in group)
 
 
 def is_candidate(head: IncomingMessage, header_bytes: bytes, rules: InboundRules,
@@ -23,9 +43,7 @@ def is_candidate(head: IncomingMessage, header_bytes: bytes, rules: InboundRules
     """True if the message must be fetched and classified."""
     domains = head.from_header.claimed_domains or tuple(
         a.domain for a in head.from_header.addresses)
-    watched = (*trust.sender_domains, *trust.signing_domains,
-               *(d for n in rules.negatives for d in n.from_domains))
-    if any(domain_under(d, watched) for d in domains):
+    if any(domain_under(d, _watched(rules, trust)) for d in domains):
         return True
     refs = {r.strip() for r in (head.in_reply_to, *head.references) if r}
     if refs and any(r in sent for r in refs):
@@ -36,5 +54,152 @@ def is_candidate(head: IncomingMessage, header_bytes: bytes, rules: InboundRules
     if head.forward_subject:
         return True
     subject = normalise(head.subject)
-    return any(contains(subject, word) for rule in rules.rules for group in rule.words
-               for word in group)
+    return any(contains(subject, word) for word in _words(rules))
+
+
+# --------------------------------------------------------------------------- fast screen
+#
+# ``parse`` builds a whole message model (MIME tree, address registry, authentication
+# results): about a millisecond per header block, most of a big first scan. The screen reads
+# only the header fields ``is_candidate`` looks at, straight from the bytes, and says "no"
+# only where parse + is_candidate would certainly say no too: it uses the same helpers
+# (``_scrape_domains``, ``domain_under``, ``normalise``, the same regexes) on the same field
+# values, and anything unusual (8-bit bytes that are not UTF-8, control characters, a line
+# that is no header field, a From without a domain, a huge block) goes to the full parse.
+
+SCREEN_LIMIT = 256 * 1024  # larger header blocks always take the full parse
+_CONTROL = bytes([*range(9), 11, 12, *range(14, 32), 127])  # all but TAB, LF, CR
+_LONE_CR = re.compile(rb"\r(?!\n)")  # the stdlib parser breaks a line there; we would not
+# A line (after the first) that the stdlib parser would not read as a header field or a
+# continuation line. The patterns start at a line break: far faster than ``^`` per position.
+_ODD_LINE = re.compile(rb"\n(?![!-9;-~]+:|[ \t]|\r?\n|\r?\Z)")
+_FIRST_LINE = re.compile(rb"[!-9;-~]+:")
+_FIELD = re.compile(rb"\n(from|subject|in-reply-to|references):([^\n]*(?:\n[ \t][^\n]*)*)",
+                    re.IGNORECASE)
+_UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?.*?\?=")
+
+
+@dataclass(frozen=True)
+class Screen:
+    """What :func:`could_be_candidate` compares with; build one per batch (``screen``)."""
+
+    watched: tuple[str, ...]
+    words: re.Pattern[str] | None  # any rule word, as a substring (``contains``)
+    sent: Mapping[str, str]
+
+
+def screen(rules: InboundRules, trust: TrustSettings, sent: Mapping[str, str]) -> Screen:
+    words = sorted({w for w in _words(rules) if w}, key=len, reverse=True)
+    pattern = re.compile("|".join(map(re.escape, words))) if words else None
+    return Screen(_watched(rules, trust), pattern, sent)
+
+
+def could_be_candidate(header_bytes: bytes, how: Screen) -> bool:
+    """False only if ``is_candidate(parse(header_bytes), …)`` is certainly False and
+    ``parse`` would find nothing unparseable; True means "parse it and ask is_candidate"."""
+    if (len(header_bytes) > SCREEN_LIMIT
+            or len(header_bytes.translate(None, _CONTROL)) != len(header_bytes)
+            or _LONE_CR.search(header_bytes)):
+        return True
+    if not _FIRST_LINE.match(header_bytes) or _ODD_LINE.search(header_bytes):
+        return True
+    lowered = header_bytes.lower()
+    if b"multipart/report" in lowered or b"delivery-status" in lowered:
+        return True
+    # Both words contain a slash: counting those first is much cheaper.
+    if (lowered.count(b"/") > MAX_CONTAINERS and lowered.count(b"multipart/")
+            + lowered.count(b"message/rfc822") > MAX_CONTAINERS):
+        return True
+    if (len(header_bytes) > 3 * MAX_DELIMITER_LINES  # too short for that many otherwise
+            and header_bytes.count(b"\n--") > MAX_DELIMITER_LINES):
+        return True
+    try:
+        fields = _fields(header_bytes)
+    except UnicodeDecodeError:
+        return True
+    return _fields_may_match(fields, how)
+
+
+def _fields_may_match(fields: dict[str, list[str]], how: Screen) -> bool:
+    return (_from_may_match(fields.get("from", []), how.watched)
+            or _refs_may_match(fields, how.sent)
+            or any(_subject_may_match(v, how.words) for v in fields.get("subject", [])))
+
+
+def _add_field(fields: dict[str, list[str]], match: re.Match[bytes]) -> None:
+    raw = match.group(2)
+    if b"\n" in raw:  # folded: unfold as parse does, then line breaks become spaces
+        raw = _UNFOLD.sub(b"", raw).replace(b"\r", b" ").replace(b"\n", b" ")
+    elif b"\r" in raw:
+        raw = raw.replace(b"\r", b" ")
+    fields.setdefault(match.group(1).lower().decode("ascii"), []).append(
+        raw.decode("utf-8").strip())
+
+
+def _fields(header_bytes: bytes) -> dict[str, list[str]]:
+    """From, Subject, In-Reply-To and References values as ``parse`` sees them: unfolded,
+    CR/LF as spaces, stripped."""
+    fields: dict[str, list[str]] = {}
+    for match in _FIELD.finditer(b"\n" + header_bytes):
+        _add_field(fields, match)
+    return fields
+
+
+def _from_may_match(values: list[str], watched: tuple[str, ...]) -> bool:
+    # The claimed domains exactly as parse_from finds them (it reads the first ten values).
+    claimed = [d for v in values[:10] for d in _scrape_domains(v[:MAX_FROM_CHARS])]
+    # Without a claimed domain is_candidate looks at the parsed addresses: leave it to it.
+    if not claimed:
+        return True
+    # A domain can only be under a watched one that it contains: skip domain_under otherwise.
+    return any(domain_under(d, watched) for d in claimed
+               if any(w.lower().strip(".") in d for w in watched))
+
+
+def _refs_may_match(fields: dict[str, list[str]], sent: Mapping[str, str]) -> bool:
+    if not sent:
+        return False
+    for name in ("in-reply-to", "references"):
+        for value in fields.get(name, []):
+            if any(m.group(0) in sent for m in _MSGID_RE.finditer(value)):
+                return True
+            bare = clean(value, 500)
+            if name == "in-reply-to" and f"<{bare}>" in sent:
+                return True
+    return False
+
+
+def _subject_may_match(value: str, words: re.Pattern[str] | None) -> bool:
+    readings = list(_subject_readings(value))
+    if any(_FORWARD_RE.match(text) for text in readings):
+        return True
+    # One normalise for all readings: a word across two of them only costs a parse.
+    return words is not None and words.search(normalise("\n".join(readings))) is not None
+
+
+def _subject_readings(value: str) -> Iterator[str]:
+    """The subject as written and, with encoded words, decoded both with and without the
+    white space between adjacent encoded words (which RFC 2047 drops). Uncut, so a word
+    near the end of a long subject is never missed."""
+    limit = 4 * MAX_SUBJECT
+    yield clean(value, limit)
+    if "=?" not in value:
+        return
+    gaps: list[str] = []
+    texts: list[str] = []
+    pos = 0
+    for match in _ENCODED_WORD.finditer(value):
+        gaps.append(value[pos:match.start()])
+        try:
+            texts.append(_ew.decode(match.group(0))[0])
+        except Exception:  # the header registry keeps such a word as it is
+            texts.append(match.group(0))
+        pos = match.end()
+    tail = value[pos:]
+    kept = "".join(g + t for g, t in zip(gaps, texts, strict=True)) + tail
+    dropped = "".join((g if i == 0 or g.strip() else "") + t
+                      for i, (g, t) in enumerate(zip(gaps, texts, strict=True))) + tail
+    yield clean(kept, limit)
+    if dropped != kept:
+        yield clean(dropped, limit)

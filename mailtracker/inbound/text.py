@@ -101,8 +101,11 @@ def normalise(text: str) -> str:
     'opsaetning af efaktura i kobenhavn'
     """
     folded = text.casefold().translate(_FOLD)
-    decomposed = unicodedata.normalize("NFKD", folded)
-    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    if folded.isascii():  # NFKD leaves ASCII as it is, and ASCII has no combining marks
+        stripped = folded
+    else:
+        decomposed = unicodedata.normalize("NFKD", folded)
+        stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     # The spellings without Danish letters: "aa" for å and "oe" for ø.
     stripped = stripped.replace("aa", "a").replace("oe", "o")
     return " ".join(stripped.split())
