@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mailtracker.app import App
-from mailtracker.errors import ConfigError, MailtrackerError
+from mailtracker.errors import ConfigError, InvalidInputError, MailtrackerError, SmtpError
 from mailtracker.models import (
     Notification,
     NotificationState,
@@ -168,7 +168,11 @@ async def _send_all(app: App, plan: Sequence[OutgoingMail], password: str | None
                 if pending_update is not None:
                     _record(txn, pending_update, results[-1])
                 n = _mark_sending(txn, mail, app.now())
-            n, result = await _send_one(app, session, mail, n, sleep)
+            try:
+                n, result = await _send_one(app, session, mail, n, sleep)
+            except (SmtpError, InvalidInputError) as exc:
+                _unsent(app, n, exc)
+                raise
             pending_update = n
             results.append(result)
     if pending_update is not None:
@@ -195,6 +199,16 @@ def _record(txn: Transaction, n: Notification, result: NotifyResult) -> None:
             n.updated_at, "notification",
             f"{n.template} to {result.name} <{result.recipient}>: {result.outcome}{detail}",
             n.message_id))
+
+
+def _unsent(app: App, n: Notification, exc: Exception) -> None:
+    """``n`` never left: the run stopped before its SMTP transaction began (reconnecting
+    failed, a bad address). It goes back to ``pending`` for the next run, instead of staying
+    ``sending`` and being reported as "may have been delivered"."""
+    with app.store.transaction() as txn:
+        current = txn.notification(n.key) or n
+        txn.put_notification(current.with_(state=NotificationState.PENDING,
+                                           updated_at=app.now(), last_error=f"not sent: {exc}"))
 
 
 def _mark_sending(txn: Transaction, mail: OutgoingMail, now: datetime) -> Notification:
