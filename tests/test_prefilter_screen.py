@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-from datetime import UTC, datetime
 from email.header import Header
 from pathlib import Path
 

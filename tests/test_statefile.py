@@ -129,7 +129,7 @@ def test_other_processes_see_appended_changes_and_add_their_own(tmp_path: Path) 
 
 
 def test_state_file_stays_plain_json(tmp_path: Path) -> None:
-    store, path = _big(tmp_path)
+    _store, path = _big(tmp_path)
     data = json.loads(path.read_text(encoding="utf-8"))
     assert set(data) >= {"meta", "recipients"}
     assert journal(path).stat().st_mode & 0o077 == 0 if journal(path).exists() else True
