@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TextIO
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
              logging.CRITICAL: 2}
@@ -31,11 +32,26 @@ class _SafeFormatter(logging.Formatter):
         return text
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record, so a handler made
+    while stderr was temporarily redirected (click's test runner) never holds on to, and
+    keeps filling, that old buffer."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def setup_logging(debug: bool) -> None:
     logger = logging.getLogger("mailtracker")
     if logger.handlers:
+        logger.setLevel(logging.DEBUG if debug else logging.INFO)
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_SafeFormatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
