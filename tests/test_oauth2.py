@@ -452,8 +452,10 @@ def test_token_refused_again_after_refresh_gives_a_clear_error(
     result = imap_ws.cli("poll")
     assert result.exit_code == AUTH_EXIT
     assert fake_idp.hits() == 2  # the cached-or-new token, then exactly one forced refresh
-    line = result.stderr.strip()
-    assert line.startswith("Error: ") and "\n" not in line
+    # Log lines (the first refusal, the refresh) may come first; the error is one line.
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0])
+    line = errors[0]
     assert "refused" in line and "also with a newly fetched OAuth2 token" in line
     assert f"audience {EXCHANGE}" in line and "IMAP.AccessAsApp" in line
 
