@@ -48,11 +48,14 @@ class Loaded(NamedTuple):
     journal: bytes | None
     data: dict[str, Any]
     live: bool
+    migrated: bool = False
 
 
 class StateFile:
     """The state file at ``path`` and its journal. ``migrate`` turns the snapshot's parsed
-    data (None when there is none) into current-schema data, before the journal is replayed.
+    data (None when there is none), with the journal replayed (its lines are in the
+    snapshot's schema), into current-schema data; it returns its argument itself when no
+    migration was needed.
 
     Keeps the state it last read or wrote, reused as long as both files hold exactly the
     same bytes.
@@ -75,16 +78,19 @@ class StateFile:
             if (last is not None and snapshot is not None and snapshot == last.snapshot
                     and journal == last.journal):
                 return last
-            data = self._migrate(self._parse(snapshot))
-            token = _token(data)
+            raw = self._parse(snapshot)
+            token = _token(raw) if raw is not None else None
             follows = _journal_token(journal)
             if follows is not None and follows != token and self._read(self.path) != snapshot:
                 continue  # the snapshot was rewritten while we read: read both again
             live = token is not None and follows == token
-            if live and journal is not None:
-                for ops in _records(journal):
-                    _apply(data, ops)
-            loaded = Loaded(snapshot, journal, data, live)
+            if raw is not None and live and journal is not None:
+                for ops in _records(journal):  # written in the snapshot's schema
+                    _apply(raw, ops)
+            data = self._migrate(raw)
+            # Migrated: the next commit rewrites, never appends new-schema lines to a journal
+            # that continues an old-schema snapshot.
+            loaded = Loaded(snapshot, journal, data, live, raw is not None and data is not raw)
             self._last = loaded if snapshot is not None else None
             return loaded
         raise StoreError("the state file keeps changing while being read", path=self.path)
@@ -117,7 +123,7 @@ class StateFile:
         one). One journal append when that is small, else a snapshot rewrite. Raises
         StoreFullError or StoreError, and then nothing was changed."""
         token = _token(loaded.data)
-        if ops is not None and token is not None and loaded.snapshot:
+        if ops is not None and token is not None and loaded.snapshot and not loaded.migrated:
             line = _encode(ops)
             if len(line) * APPEND_RATIO < len(loaded.snapshot):
                 self._append(loaded, token, line, data)

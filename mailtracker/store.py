@@ -24,7 +24,9 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Table
 
+from mailtracker import handled
 from mailtracker.errors import StoreError, StoreLockedError
+from mailtracker.handled import HandledIndex
 from mailtracker.models import (
     HandledMessage,
     MilestoneRecord,
@@ -38,11 +40,19 @@ from mailtracker.models import (
 from mailtracker.serialize import from_doc, to_doc
 from mailtracker.statefile import Ops, StateFile
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def _handled_chunks(data: dict[str, Any]) -> dict[str, Any]:
+    """1 -> 2: the handled-message index packed into chunks (``mailtracker.handled``)."""
+    from mailtracker.handled import TABLE, from_v1
+
+    return {**data, TABLE: from_v1(data.get(TABLE, {}))}
+
 
 # Migrations from version N to N+1, applied in order on read. Each takes and returns the raw
-# TinyDB data ({table: {doc_id: doc}}).
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+# TinyDB data ({table: {doc_id: doc}}); the first write after a migration rewrites the file.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _handled_chunks}
 
 T = TypeVar("T")
 
@@ -108,6 +118,7 @@ class _BufferStorage(Storage):
 
 
 def _migrate(data: dict[str, Any] | None, path: Path) -> dict[str, Any]:
+    """Current-schema data; ``data`` itself when it is current already."""
     if data is None:
         return {"meta": {"1": {"schema_version": SCHEMA_VERSION}}}
     meta = data.get("meta", {}).get("1", {})
@@ -118,7 +129,9 @@ def _migrate(data: dict[str, Any] | None, path: Path) -> dict[str, Any]:
     while version < SCHEMA_VERSION:
         data = MIGRATIONS[version](data)
         version += 1
-        data.setdefault("meta", {})["1"] = {"schema_version": version}
+        meta = dict(data.get("meta", {}))
+        meta["1"] = {**meta.get("1", {}), "schema_version": version}
+        data = {**data, "meta": meta}
     return data
 
 
@@ -127,6 +140,7 @@ class StateView:
 
     def __init__(self, db: TinyDB):
         self._db = db
+        self._handled: HandledIndex | None = None
 
     def _table(self, name: str) -> Table:
         return self._db.table(name, cache_size=0)
@@ -165,14 +179,20 @@ class StateView:
         return {d["name"]: from_doc(MilestoneRecord, dict(d)["record"])
                 for d in docs if d.get("task") == task}
 
-    def handled_ids(self) -> set[str]:
-        return {d["message_id"] for d in self._raw("handled").values()}
+    def handled_ids(self) -> HandledIndex:
+        """The handled messages (``message_id in …``); a copy, free to change."""
+        return HandledIndex(self._handled_index())
+
+    def _handled_index(self) -> HandledIndex:
+        if self._handled is None:
+            self._handled = handled.index_of(self._raw(handled.TABLE))
+        return self._handled
 
     def handled_count(self) -> int:
-        return len(self._raw("handled"))
+        return handled.count_of(self._raw(handled.TABLE))
 
     def is_handled(self, message_id: str) -> bool:
-        return str(doc_id_for(message_id)) in self._raw("handled")
+        return message_id in self._handled_index()
 
     def watermark(self, account: str, folder: str) -> Watermark | None:
         return self._get("watermarks", Watermark, f"{account}|{folder}")
@@ -240,16 +260,18 @@ class Transaction(StateView):
         return self._remove("milestones", f"{task}|{name}")
 
     def add_handled(self, entries: list[HandledMessage]) -> None:
-        known = self._raw("handled")
+        index = self._handled_index()
         new: dict[str, HandledMessage] = {}
         for e in entries:
-            did = str(doc_id_for(e.message_id))
-            if did not in known:
-                new.setdefault(did, e)
+            key = handled.key_for(e.message_id)
+            if not index.has_key(key):
+                new.setdefault(key, e)
         if new:
-            docs = self._writable("handled", list(new))
-            for did, e in new.items():
-                docs[did] = to_doc(e)
+            chunks = handled.added_chunks(self._raw(handled.TABLE), new.items())
+            docs = self._writable(handled.TABLE, list(chunks))
+            docs.update(chunks)
+            for key in new:
+                index.add_key(key)
 
     def set_watermark(self, watermark: Watermark) -> None:
         self._put("watermarks", watermark.key, to_doc(watermark))

@@ -18,6 +18,7 @@ from datetime import datetime
 from mailtracker.app import App
 from mailtracker.config import ImapSettings
 from mailtracker.errors import ConfigError
+from mailtracker.handled import HandledIndex
 from mailtracker.inbound import imap
 from mailtracker.inbound.classify import Classification, Kind, classify
 from mailtracker.inbound.facts import IncomingMessage
@@ -181,7 +182,7 @@ def _candidates(app: App, mailbox: Mailbox, chunk: Sequence[int], sent: dict[str
 
 
 def _examine(app: App, mailbox: Mailbox, head: HeaderInfo, sent: dict[str, str],
-             handled: set[str], report: PollReport) -> _Item | None:
+             handled: HandledIndex, report: PollReport) -> _Item | None:
     settings = imap_settings(app)
     facts = parse(head.header_bytes)
     key = message_key(facts.message_id, head.header_bytes)

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from mailtracker.handled import key_for
 from mailtracker.models import DeliveryState, NotificationState
 from mailtracker.store import StateView
 from mailtracker.transition import quarantine_id
@@ -48,7 +49,7 @@ class Note:
 class Facts:
     """What the store had recorded at one moment."""
 
-    handled: frozenset[str] = frozenset()
+    handled: frozenset[str] = frozenset()  # keys (hashes) of the handled Message-IDs
     timeline: frozenset[tuple[str, str | None, str]] = frozenset()  # kind, Message-ID, text
     timeline_list: tuple[tuple[str, str | None], ...] = ()
     milestones: dict[str, str | None] = field(default_factory=dict)  # name → evidence id
@@ -135,7 +136,7 @@ def check_final(final: Facts, ledger: Ledger, delivered: list[ReceivedMessage],
 
 def _eg_counted_once(final: Facts, ledger: Ledger) -> list[str]:
     problems = [f"EG mail {mid} (UIDs {ledger.uids.get(mid)}) was never handled"
-                for mid in sorted(ledger.genuine) if mid not in final.handled]
+                for mid in sorted(ledger.genuine) if key_for(mid) not in final.handled]
     by_milestone: dict[str, set[str]] = {}
     for mid, milestone in ledger.genuine.items():
         by_milestone.setdefault(milestone, set()).add(mid)
@@ -159,7 +160,7 @@ def _eg_counted_once(final: Facts, ledger: Ledger) -> list[str]:
 def _spoofs_not_applied(final: Facts, ledger: Ledger) -> list[str]:
     problems = []
     for mid in sorted(ledger.spoofs):
-        if mid not in final.handled:
+        if key_for(mid) not in final.handled:
             problems.append(f"spoof {mid} was never handled")
         if quarantine_id(mid) not in final.quarantine:
             problems.append(f"spoof {mid} is not in quarantine")
