@@ -7,7 +7,6 @@ import time. Secrets are never part of ``Settings``: only *where* to get them
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
 import tomllib
@@ -290,6 +289,8 @@ def is_loopback_host(host: str) -> bool:
     if host.lower() in {"localhost", "localhost.localdomain"}:
         return True
     try:
+        import ipaddress  # only for tls = "none": every command reads the config
+
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False

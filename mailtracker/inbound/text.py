@@ -14,7 +14,6 @@ import codecs
 import re
 import unicodedata
 from collections.abc import Iterator
-from email import policy
 from functools import lru_cache
 
 # C0/C1 controls (CR, LF, NUL, ESC …), line/paragraph separators and bidi overrides, which
@@ -56,6 +55,8 @@ def decode_words(value: str, limit: int) -> str:
 
     Uses the header registry of ``policy.default`` (an unknown charset becomes U+FFFD). Its
     parser is slow on long input, so at most ``4 * limit`` characters are looked at."""
+    from email import policy  # here: ``status`` reads rules through this module, not mail
+
     raw = value[: limit * 4]
     try:
         decoded = str(policy.default.header_factory("x-mailtracker", raw))
