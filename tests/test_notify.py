@@ -256,3 +256,27 @@ def test_json_output_lists_outcomes(ws: Workspace) -> None:
     assert result.exit_code == 0
     outcomes = {r["recipient"]: r["outcome"] for r in json.loads(result.stdout)}
     assert outcomes == {email: "sent" for _, _, email in THREE}
+
+
+def test_kp_owners_copy_lists_everyone_oriented_with_labels_in_their_language(
+        ws: Workspace, smtp_server: SmtpTestServer) -> None:
+    # The list is built once per run and language (it used to be rebuilt per recipient).
+    for lang, name, email in (("da", "Kåre Lønborg", "klo@kommune.example"),
+                              ("en", "Kim Owner", "kim@kommune.example")):
+        result = ws.cli("recipients", "add", "--role", "kp_owner", "--name", name,
+                        "--email", email, "--lang", lang)
+        assert result.exit_code == 0, result.output
+    result = ws.cli("notify")
+    assert result.exit_code == 0, result.output
+    got = _by_recipient(smtp_server)
+    da_text, da_html = _parts(got["klo@kommune.example"][0])
+    en_text, _ = _parts(got["kim@kommune.example"][0])
+    assert "- Systemejer for økonomisystemet: Søren Ærø-Åse (soeren@kommune.example)" in da_text
+    assert "- Aftaleadministrator: Hansen, Bjørn (bjoern.hansen@kommune.example)" in da_text
+    assert "- ØiR-koordinator: Åse Øberg (aase.oeberg@kommune.example)" in da_text
+    assert "Åse Øberg" in da_html
+    assert "- Accounting-system owner: Søren Ærø-Åse (soeren@kommune.example)" in en_text
+    assert "- Agreement administrator: Hansen, Bjørn" in en_text
+    assert "- ØiR coordinator: Åse Øberg (aase.oeberg@kommune.example)" in en_text
+    for text in (da_text, en_text):  # the KP owners are not in the list
+        assert "klo@kommune.example" not in text and "kim@kommune.example" not in text

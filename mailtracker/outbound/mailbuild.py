@@ -42,29 +42,62 @@ class OutgoingMail:
         return self.message_for_attempt(when).as_bytes(policy=policy.SMTP)
 
 
+class Roster:
+    """Who is oriented, for the KP owner's copy: built once for a whole run, not once per
+    recipient (rebuilding it for each of N recipients made a run quadratic in N)."""
+
+    def __init__(self, app: App, everyone: Sequence[Recipient]) -> None:
+        self._app = app
+        self.everyone = tuple(everyone)
+        self.kp_owner = next((r for r in self.everyone if r.role == "kp_owner"), None)
+        self._rows: dict[str, list[dict[str, str]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.everyone)
+
+    def label(self, r: Recipient, lang: str) -> str:
+        rd = self._app.task.role(r.role)
+        return rd.label(lang) if rd else r.role
+
+    def rows(self, lang: str) -> list[dict[str, str]]:
+        """``{name, email, role_label}`` of everyone but the KP owner, labels in ``lang``.
+        One shared list per language: templates only read it."""
+        rows = self._rows.get(lang)
+        if rows is None:
+            labels: dict[str, str] = {}
+            rows = []
+            for r in self.everyone:
+                if r.role == "kp_owner":
+                    continue
+                if r.role not in labels:
+                    labels[r.role] = self.label(r, lang)
+                rows.append({"name": r.name, "email": r.email, "role_label": labels[r.role]})
+            self._rows[lang] = rows
+        return rows
+
+
 def orientation_context(app: App, recipient: Recipient,
-                        everyone: Sequence[Recipient]) -> dict[str, object]:
-    """Variables for the orientation templates (documented in render.py)."""
+                        everyone: Sequence[Recipient] | Roster) -> dict[str, object]:
+    """Variables for the orientation templates (documented in render.py).
+
+    Pass a ``Roster`` when building contexts for many recipients of one run.
+    """
+    roster = everyone if isinstance(everyone, Roster) else Roster(app, everyone)
     role = app.task.role(recipient.role)
-    kp_owner = next((r for r in everyone if r.role == "kp_owner"), None)
+    kp_owner = roster.kp_owner
     smtp = app.settings.smtp
-
-    def label(r: Recipient) -> str:
-        rd = app.task.role(r.role)
-        return rd.label(recipient.lang) if rd else r.role
-
-    return render_context(
+    context = render_context(
         recipient_name=recipient.name, recipient_email=recipient.email, role=recipient.role,
-        role_label=label(recipient), lang=recipient.lang,
+        role_label=roster.label(recipient, recipient.lang), lang=recipient.lang,
         organisation=app.settings.organisation,
         sender_name=smtp.from_name if smtp else app.settings.organisation,
         sender_email=smtp.from_address if smtp else "",
         task_title=app.task.title_for(recipient.lang),
         kp_owner_name=kp_owner.name if kp_owner else None,
         kp_owner_email=kp_owner.email if kp_owner else None,
-        recipients=[(r.name, r.email, label(r)) for r in everyone
-                    if r.role != "kp_owner" and role is not None],
     )
+    context["recipients"] = roster.rows(recipient.lang) if role is not None else []
+    return context
 
 
 def templates_root(app: App) -> Path:
@@ -73,7 +106,7 @@ def templates_root(app: App) -> Path:
 
 def build_outgoing(app: App, recipient: Recipient, template: str,
                    existing: Notification | None, *, resend: bool, now: datetime,
-                   everyone: Sequence[Recipient] = (),
+                   everyone: Sequence[Recipient] | Roster = (),
                    context: dict[str, object] | None = None,
                    attachments: Sequence[tuple[str, str, bytes]] = ()) -> OutgoingMail:
     """Render (raises TemplateError) and pair with the outbox document to persist."""

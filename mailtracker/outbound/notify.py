@@ -29,7 +29,7 @@ from mailtracker.models import (
     notification_key,
 )
 from mailtracker.outbound import smtp
-from mailtracker.outbound.mailbuild import OutgoingMail, build_outgoing
+from mailtracker.outbound.mailbuild import OutgoingMail, Roster, build_outgoing
 from mailtracker.secrets import resolve_credential, token_renewer
 from mailtracker.store import Transaction
 
@@ -69,7 +69,7 @@ def _plan(app: App, recipients: Sequence[Recipient], options: NotifyOptions,
           now: datetime) -> tuple[list[OutgoingMail], list[NotifyResult]]:
     """What to send now, and results for those skipped. Renders all (may raise)."""
     snapshot = app.store.snapshot()
-    everyone = snapshot.recipients()
+    everyone = Roster(app, snapshot.recipients())
     plan: list[OutgoingMail] = []
     skipped: list[NotifyResult] = []
     for r in recipients:
