@@ -486,3 +486,113 @@ def test_message_id_refuses_unsafe_parts(domain: str, token: str | None) -> None
 def test_template_root_is_the_repository_templates_in_a_checkout() -> None:
     root = template_root()
     assert (root / TASK / "da" / "_base.html").is_file()
+
+
+def _stdlib_build(rendered: RenderedMail, *, sender_name: str, to_name: str,
+                  reply_to: str | None = None, extra: dict[str, str] | None = None,
+                  attachments: list[tuple[str, str, bytes]] | None = None) -> EmailMessage:
+    """The message as build_email made it with the email package's own calls, before it
+    reused parsed headers and encodings: the reference its output must equal byte for byte."""
+    from email.header import Header
+    from email.headerregistry import Address
+    from email.utils import format_datetime
+
+    from mailtracker import __version__
+
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = Address(display_name=sender_name, addr_spec="bkj@aeroe.dk")
+    msg["To"] = Address(display_name=to_name, addr_spec="soeren@aeroe.dk")
+    if reply_to is not None:
+        msg["Reply-To"] = Address(display_name="", addr_spec=reply_to)
+    if rendered.subject.isascii():
+        msg["Subject"] = rendered.subject
+    else:
+        msg.set_raw("Subject", Header(rendered.subject, "utf-8", maxlinelen=78,
+                                      header_name="Subject").encode(linesep="\n"))
+    msg["Date"] = format_datetime(NOW)
+    msg["Message-ID"] = "<abc123@aeroe.dk>"
+    msg["X-Mailer"] = f"mailtracker {__version__}"
+    for name, value in (extra or {}).items():
+        msg[name] = value
+    msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    for filename, mime_type, data in attachments or []:
+        kind, _, param = mime_type.partition(";")
+        maintype, _, subtype = kind.partition("/")
+        params = dict([param.strip().split("=", 1)]) if param else {}
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename,
+                           params=params)
+    return msg
+
+
+def _fixed_boundaries(msg: EmailMessage) -> bytes:
+    for i, part in enumerate(p for p in msg.walk() if p.is_multipart()):
+        part.set_boundary(f"b{i}")
+    return msg.as_bytes(policy=policy.SMTP)
+
+
+LONG_SUBJECT = ("Påmindelse: eFaktura til KP – serviceaftale fra Ejerkredsen og EG til "
+                "underskrift hos aftaleadministratoren i Ærø, Æbeltoft og Øster Højst "
+                "(ØS Indsigt) – svar ønskes")
+
+
+@pytest.mark.parametrize("rendered", [
+    SIMPLE,
+    RenderedMail(subject="ASCII only", text="plain\n", html="<p>plain</p>\n"),
+    RenderedMail(subject=LONG_SUBJECT,
+                 text="Kære Søren\n\n.dot first\nFrom the start\ntrailing blank \n"
+                      + "ÆØÅ æøå " * 30 + "\n" + "x" * 200 + "\n\ttab\n",
+                 html="<p>Kære Søren &amp; Åse</p>\n<p>" + "ø" * 120 + "</p>\n"),
+    RenderedMail(subject="=?utf-8?q?not_an_encoded_word?= æ", text="no final newline",
+                 html=""),
+])
+@pytest.mark.parametrize("variant", ["plain", "reply-to+extra", "attachment"])
+def test_build_email_equals_the_email_packages_own_build(rendered: RenderedMail,
+                                                         variant: str) -> None:
+    kwargs: dict[str, object] = {}
+    if variant == "reply-to+extra":
+        kwargs = {"reply_to": "kp-opgaver@aeroe.dk",
+                  "extra": {"In-Reply-To": "<orig@eg.dk>", "X-Mailtracker-Task": "efaktura-8b"}}
+    elif variant == "attachment":
+        kwargs = {"attachments": [("invitation.ics", "text/calendar; method=REQUEST",
+                                   b"BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nEND:VCALENDAR\r\n")]}
+    expected = _stdlib_build(rendered, sender_name="Birgitte Kjær", to_name="Hansen, Bjørn",
+                             **kwargs)  # type: ignore[arg-type]
+    for _ in range(2):  # the second build reuses the cached headers and encodings
+        got = build_email(
+            rendered, sender_name="Birgitte Kjær", sender_address="bkj@aeroe.dk",
+            to_name="Hansen, Bjørn", to_address="soeren@aeroe.dk",
+            message_id="<abc123@aeroe.dk>", date=NOW,
+            reply_to=kwargs.get("reply_to"),  # type: ignore[arg-type]
+            extra_headers=kwargs.get("extra"),  # type: ignore[arg-type]
+            attachments=kwargs.get("attachments", ()))  # type: ignore[arg-type]
+        assert _fixed_boundaries(got) == _fixed_boundaries(expected)
+
+
+@pytest.mark.parametrize("subject", [
+    "eFaktura til KP: EG sender serviceaftale til underskrift (ØS Indsigt)", LONG_SUBJECT,
+    "Æ", "ø" * 100, "æ ø  å   (dobbelt mellemrum)", "Re: Påmindelse – “citat” € ✓",
+])
+def test_subject_decodes_to_the_rendered_text_on_every_build(subject: str) -> None:
+    rendered = RenderedMail(subject=subject, text="t\n", html="<p>t</p>\n")
+    for _ in range(3):
+        raw, parsed = send_and_parse(rendered)
+        header_block = raw.split(b"\r\n\r\n", 1)[0]
+        assert header_block.isascii()
+        assert all(len(line) <= 78 for line in header_block.split(b"\r\n"))
+        assert parsed["Subject"] == subject
+
+
+def test_cached_sender_header_is_not_changed_by_one_message() -> None:
+    first = build_email(SIMPLE, sender_name="Birgitte Kjær", sender_address="bkj@aeroe.dk",
+                        to_name="A", to_address="a@aeroe.dk", message_id="<1@aeroe.dk>",
+                        date=NOW)
+    first.replace_header("From", "Someone Else <else@aeroe.dk>")
+    del first["X-Mailer"]
+    first.get_payload()[0].set_param("charset", "us-ascii")  # type: ignore[index, union-attr]
+    second = build_email(SIMPLE, sender_name="Birgitte Kjær", sender_address="bkj@aeroe.dk",
+                         to_name="A", to_address="a@aeroe.dk", message_id="<2@aeroe.dk>",
+                         date=NOW)
+    assert str(second["From"]) == "Birgitte Kjær <bkj@aeroe.dk>"
+    assert second["X-Mailer"].startswith("mailtracker ")
+    assert second.get_payload()[0]["Content-Type"] == 'text/plain; charset="utf-8"'  # type: ignore[index]

@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import errors as email_errors
-from email import policy
+from email import policy, quoprimime
 from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -232,7 +232,7 @@ def build_email(rendered: RenderedMail, *, sender_name: str, sender_address: str
     """
     if date.tzinfo is None or date.utcoffset() is None:
         raise ValueError("date must be timezone-aware")
-    msg = EmailMessage(policy=policy.SMTP)
+    msg = EmailMessage(policy=_POLICY)
     msg["From"] = _address("From", sender_name, sender_address)
     msg["To"] = _address("To", to_name, to_address)
     if reply_to is not None:
@@ -242,18 +242,60 @@ def build_email(rendered: RenderedMail, *, sender_name: str, sender_address: str
     if not _MSGID_RE.match(message_id):
         raise TemplateError(f"Message-ID must look like <left@right>: {message_id!r}")
     msg["Message-ID"] = message_id
-    msg["X-Mailer"] = f"mailtracker {__version__}"
+    msg["X-Mailer"] = _parsed_header("X-Mailer", f"mailtracker {__version__}")
     for name, value in (extra_headers or {}).items():
         if not _FIELD_NAME_RE.match(name):
             raise TemplateError(f"invalid header name {name!r}")
         if name.lower() in _FORBIDDEN_EXTRA or name in msg:
             raise TemplateError(f"header {name} cannot be set as an extra header")
         msg[name] = _header_value(name, value)
-    msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    _set_alternative(msg, rendered.text, rendered.html)
     for filename, mime_type, data in attachments:
         _attach(msg, filename, mime_type, data)
     return msg
+
+
+# Parsing a header value is most of the cost of building a message (the email package makes
+# a class and a parse tree per header), and most values recur in every mail of a run: the
+# sender, the subject, the parts' Content-Type. Parsed headers are immutable, so each such
+# value is parsed once and the same object is put into every message.
+_POLICY = policy.SMTP
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_header(name: str, value: str) -> str:
+    """``value`` parsed as header ``name``, ready for ``msg[name] = …`` (stored as is)."""
+    header: str = _POLICY.header_factory(name, value)
+    return header
+
+
+def _set_alternative(msg: EmailMessage, text: str, html: str) -> None:
+    """Make ``msg`` multipart/alternative (plain text, HTML), UTF-8, quoted-printable.
+
+    The same message, byte for byte, as ``msg.set_content(text, subtype="plain",
+    charset="utf-8", cte="quoted-printable")`` followed by ``msg.add_alternative(html, …)``
+    (tests/test_render.py compares them), without re-parsing the same Content-Type headers
+    for every mail. As with those calls, the HTML part carries its own MIME-Version.
+    """
+    parts: list[EmailMessage] = []
+    for subtype, body in (("plain", text), ("html", html)):
+        part = EmailMessage(policy=_POLICY)
+        part["Content-Type"] = _parsed_header("Content-Type", f'text/{subtype}; charset="utf-8"')
+        part["Content-Transfer-Encoding"] = _parsed_header("Content-Transfer-Encoding",
+                                                           "quoted-printable")
+        part.set_payload(_quoted_printable(body))
+        parts.append(part)
+    parts[1]["MIME-Version"] = _parsed_header("MIME-Version", "1.0")
+    msg["MIME-Version"] = _parsed_header("MIME-Version", "1.0")
+    msg["Content-Type"] = _parsed_header("Content-Type", "multipart/alternative")
+    for part in parts:
+        msg.attach(part)
+
+
+def _quoted_printable(body: str) -> str:
+    """``body`` as UTF-8 quoted-printable, exactly as ``email.contentmanager`` encodes it."""
+    data = b"\n".join(body.encode("utf-8").splitlines()) + b"\n"
+    return quoprimime.body_encode(data.decode("latin-1"), _POLICY.max_line_length or 78)
 
 
 def _header_value(header: str, value: str) -> str:
@@ -273,22 +315,37 @@ def _set_subject(msg: EmailMessage, subject: str) -> None:
     if subject.isascii():
         msg["Subject"] = subject
         return
-    encoded = Header(subject, "utf-8", maxlinelen=78, header_name="Subject").encode(linesep="\n")
-    msg.set_raw("Subject", encoded)
+    msg.set_raw("Subject", _encoded_subject(subject))
 
 
-def _address(header: str, name: str, address: str) -> Address:
+@functools.lru_cache(maxsize=64)
+def _encoded_subject(subject: str) -> str:
+    # ``Header`` measures the encoded length character by character (~0.3 ms per subject);
+    # every recipient of a template gets the same subject, so encode each one once.
+    encoded: str = Header(subject, "utf-8", maxlinelen=78,
+                          header_name="Subject").encode(linesep="\n")
+    return encoded
+
+
+def _address(header: str, name: str, address: str) -> str:
+    """The parsed ``header`` for ``name <address>``; raises ``TemplateError`` if invalid."""
     _header_value(header, name)
     _header_value(header, address)
     if not address.isascii():
         raise TemplateError(f"{header} address must be ASCII: {address!r}")
+    return _address_header(header, name, address)
+
+
+@functools.lru_cache(maxsize=256)
+def _address_header(header: str, name: str, address: str) -> str:
     try:
         result = Address(display_name=name, addr_spec=address)
     except (ValueError, IndexError, email_errors.HeaderParseError) as exc:
         raise TemplateError(f"invalid {header} address {address!r}: {exc}") from None
     if not result.domain:
         raise TemplateError(f"invalid {header} address {address!r}: no domain")
-    return result
+    parsed: str = _POLICY.header_factory(header, result)
+    return parsed
 
 
 def _attach(msg: EmailMessage, filename: str, mime_type: str, data: bytes) -> None:
