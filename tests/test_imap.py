@@ -303,6 +303,24 @@ def test_headers_of_two_thousand_messages_come_in_batches_in_uid_order(
     assert not any("\\Seen" in flags for flags in dovecot.flags(user).values())
 
 
+def test_lean_fetch_from_dovecot_matches_imapclients_parse(
+        dovecot: Dovecot, imap_user: tuple[str, str], open_mailbox: Any) -> None:
+    user, _ = imap_user
+    raws = [b"From: a@eg.dk\r\nSubject: =?utf-8?q?Ops=C3=A6tning?=\r\nMessage-ID: <%d@x>\r\n"
+            b"X-Long: " % n + b"y" * (n * 37) + b"\r\n\r\nBody\r\n" for n in range(1, 40)]
+    uids = [dovecot.append(user, raw) for raw in raws]
+    mb = open_mailbox(user)
+    mb.select("INBOX")
+    lean = {h.uid: h.header_bytes for h in mb.fetch_headers(uids, lean=True)}
+    with dovecot.client(user) as c:
+        c.select_folder("INBOX", readonly=True)
+        reference = {uid: item[b"BODY[HEADER]"]
+                     for uid, item in c.fetch(uids, ["BODY.PEEK[HEADER]"]).items()}
+    assert lean == reference
+    assert all(lean[uid] == raw.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+               for uid, raw in zip(uids, raws, strict=True))
+
+
 def test_reset_uidvalidity_helper_renumbers_uids(
         dovecot: Dovecot, imap_user: tuple[str, str], open_mailbox: Any) -> None:
     user, _ = imap_user

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
+from imapclient.imapclient import join_message_ids
+from imapclient.response_parser import parse_fetch_response
 
 from mailtracker.config import ImapSettings
 from mailtracker.errors import (
@@ -36,11 +38,13 @@ from mailtracker.errors import (
     ImapTimeoutError,
     ImapTlsError,
 )
+from mailtracker.inbound.fetchparse import header_blocks
 
 if TYPE_CHECKING:
     from mailtracker.oauth2 import AccessToken
 
 log = logging.getLogger(__name__)
+_PROTOCOL_LOG = logging.getLogger("imapclient.imaplib")
 
 #: RFC 2177: a server may drop a client idling for 30 minutes; re-issue IDLE well before.
 IDLE_ROUND_SECONDS = 25 * 60.0
@@ -137,6 +141,18 @@ def _connect_once(settings: ImapSettings, password: str, idle_round: float,
     except BaseException:
         _shutdown(client)
         raise
+
+
+def _set_protocol_debug(client: Any) -> None:
+    """imapclient sets imaplib's debug level to 5 and sends its messages to the
+    ``imapclient.imaplib`` logger, which drops them unless that logger is enabled for DEBUG.
+    At level 5 imaplib formats them all the same, including the repr of every literal it
+    receives (every header block of a scan) and of each whole FETCH answer: a fifth of a
+    big scan's time. So the level is 4 (commands and response lines) while the logger
+    wants them, else 0."""
+    imap = getattr(client, "_imap", None)
+    if imap is not None:
+        imap.debug = 4 if _PROTOCOL_LOG.isEnabledFor(logging.DEBUG) else 0
 
 
 def _open(settings: ImapSettings) -> Any:
@@ -278,6 +294,7 @@ class ImapMailbox:
 
     def _run(self, action: str, fn: Callable[..., Any], *args: Any,
              refused: type[ImapError] = ImapError) -> Any:
+        _set_protocol_debug(self._client)
         return self._guard.run(action, fn, *args, refused=refused)
 
     def select(self, folder: str) -> FolderState:
@@ -317,10 +334,15 @@ class ImapMailbox:
         Yields in ascending UID order; UIDs that no longer exist are skipped.
         """
         ordered = sorted(set(uids))
-        items = _LEAN_HEADER_ITEMS if lean else _HEADER_ITEMS
         for start in range(0, len(ordered), max(1, batch)):
             chunk = ordered[start:start + max(1, batch)]
-            data = self._run("fetching headers", self._client.fetch, chunk, items)
+            if lean:
+                blocks = self._run("fetching headers", self._header_blocks, chunk)
+                for uid in chunk:
+                    if uid in blocks:
+                        yield HeaderInfo(uid, 0, (), blocks[uid], None)
+                continue
+            data = self._run("fetching headers", self._client.fetch, chunk, _HEADER_ITEMS)
             for uid in chunk:
                 item = data.get(uid)
                 if item is None or b"BODY[HEADER]" not in item:
@@ -332,6 +354,28 @@ class ImapMailbox:
                     header_bytes=bytes(item[b"BODY[HEADER]"] or b""),
                     internaldate=item.get(b"INTERNALDATE"),
                 )
+
+    def _header_blocks(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """``UID FETCH uids (BODY.PEEK[HEADER])``: what imapclient's ``fetch`` sends and
+        checks, with the answer read by :func:`fetchparse.header_blocks` when it has the
+        usual shape (most of a big scan's time was imapclient's parser), else by
+        imapclient's own parser."""
+        client = self._client
+        imap = getattr(client, "_imap", None)
+        if imap is None or not getattr(client, "use_uid", False):
+            data = client.fetch(uids, _LEAN_HEADER_ITEMS)
+            return {uid: bytes(item[b"BODY[HEADER]"]) for uid, item in data.items()
+                    if item.get(b"BODY[HEADER]") is not None}
+        tag = imap._command("UID", "FETCH", join_message_ids(uids), "(BODY.PEEK[HEADER])")
+        typ, raw = imap._command_complete("FETCH", tag)
+        client._checkok("fetch", typ, raw)
+        typ, raw = imap._untagged_response(typ, raw, "FETCH")
+        blocks = header_blocks(raw)
+        if blocks is not None:
+            return blocks
+        parsed = parse_fetch_response(raw, client.normalise_times, True)
+        return {int(uid): bytes(item[b"BODY[HEADER]"]) for uid, item in parsed.items()
+                if item.get(b"BODY[HEADER]") is not None}
 
     def sizes_and_dates(self, uids: Sequence[int]
                         ) -> dict[int, tuple[int, datetime | None]]:
