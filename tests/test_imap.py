@@ -279,6 +279,22 @@ def test_a_message_expunged_meanwhile_is_skipped_or_none(
     assert [h.uid for h in mb.fetch_headers([keep, gone])] == [keep]
 
 
+def test_whole_messages_of_many_uids_come_in_one_command_byte_for_byte(
+        dovecot: Dovecot, imap_user: tuple[str, str], open_mailbox: Any) -> None:
+    user, _ = imap_user
+    uids = [dovecot.append(user, message(n)) for n in range(1, 6)]
+    mb = open_mailbox(user)
+    mb.select("INBOX")
+    with dovecot.client(user) as c:
+        c.select_folder("INBOX")
+        c.delete_messages([uids[2]])
+        c.expunge()
+    bodies = mb.fetch_full_many([uids[4], *uids])
+    assert bodies == {uid: message(n) for n, uid in enumerate(uids, 1) if uid != uids[2]}
+    assert mb.fetch_full_many([]) == {}
+    assert all("\\Seen" not in flags for flags in dovecot.flags(user).values())
+
+
 def test_add_keyword_is_visible_to_other_clients(
         dovecot: Dovecot, imap_user: tuple[str, str], open_mailbox: Any) -> None:
     user, _ = imap_user

@@ -93,6 +93,8 @@ class Mailbox(Protocol):
 
     def fetch_full(self, uid: int) -> bytes | None: ...
 
+    def fetch_full_many(self, uids: Sequence[int]) -> dict[int, bytes]: ...
+
     def add_keyword(self, uids: Sequence[int], keyword: str) -> None: ...
 
     def move(self, uids: Sequence[int], folder: str) -> None: ...
@@ -392,6 +394,16 @@ class ImapMailbox:
         data = self._run(f"fetching message {uid}", self._client.fetch, [uid], ["BODY.PEEK[]"])
         body = data.get(uid, {}).get(b"BODY[]")
         return bytes(body) if body is not None else None
+
+    def fetch_full_many(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """The whole messages (``BODY.PEEK[]``) of ``uids`` in one command, by UID; those that
+        no longer exist are missing."""
+        if not uids:
+            return {}
+        data = self._run("fetching messages", self._client.fetch, sorted(set(uids)),
+                         ["BODY.PEEK[]"])
+        return {int(uid): bytes(item[b"BODY[]"]) for uid, item in data.items()
+                if item.get(b"BODY[]") is not None}
 
     def add_keyword(self, uids: Sequence[int], keyword: str) -> None:
         """Set the IMAP keyword (a flag without backslash) on ``uids``."""

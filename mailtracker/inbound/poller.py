@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -38,6 +38,7 @@ from mailtracker.transition import (
 
 log = logging.getLogger("mailtracker.poll")
 BATCH = 500
+FULL_FETCH_BYTES = 16 * 1024 * 1024  # whole messages fetched by one command, at most
 
 
 @dataclass
@@ -140,17 +141,24 @@ def _process_chunk(app: App, mailbox: Mailbox, chunk: Sequence[int], report: Pol
     notifications = {n.key: n for n in view.notifications(app.task.key)}
     sent = sent_message_ids(notifications)
     handled = view.handled_ids()
+    wanted = [w for head in _candidates(app, mailbox, chunk, sent, report)
+              if (w := _wanted(app, head, sent, handled)) is not None]
     items: list[_Item] = []
     unparseable: list[UnparseableEntry] = []
-    for head in _candidates(app, mailbox, chunk, sent, report):
-        item = _examine(app, mailbox, head, sent, handled, report)
-        if item is None:
-            continue
-        handled.add(item.message_id)
-        if item.cls.kind is Kind.UNPARSEABLE:
-            unparseable.append(UnparseableEntry(item.message_id, head.uid, settings.folder,
-                                                item.received_at, item.cls.reason or "?"))
-        items.append(item)
+    for group in _fetch_groups(wanted, settings.max_message_bytes):
+        bodies = mailbox.fetch_full_many([w.head.uid for w in group
+                                          if w.head.size <= settings.max_message_bytes])
+        for want in group:
+            if want.key in handled:  # a second copy in this chunk
+                continue
+            item = _examine(app, want, bodies, sent, report)
+            if item is None:
+                continue
+            handled.add(item.message_id)
+            if item.cls.kind is Kind.UNPARSEABLE:
+                unparseable.append(UnparseableEntry(item.message_id, item.uid, settings.folder,
+                                                    item.received_at, item.cls.reason or "?"))
+            items.append(item)
     applied = _write_batch(app, items, unparseable, chunk[-1], report, dry_run=dry_run)
     if not dry_run and applied:
         _post_action(mailbox, settings, applied)
@@ -158,10 +166,10 @@ def _process_chunk(app: App, mailbox: Mailbox, chunk: Sequence[int], report: Pol
 
 def _candidates(app: App, mailbox: Mailbox, chunk: Sequence[int], sent: dict[str, str],
                 report: PollReport) -> list[HeaderInfo]:
-    """The chunk's messages that ``_examine`` must look at, with size and INTERNALDATE.
+    """The chunk's messages that ``_wanted`` must look at, with size and INTERNALDATE.
 
     The rest are turned away by the prefilter's screen on the raw header bytes, which says
-    no only where ``_examine``'s parse + is_candidate would say no too; they need neither
+    no only where ``_wanted``'s parse + is_candidate would say no too; they need neither
     a parse nor their size and date.
     """
     how = screen(app.task.rules, app.settings.trust, sent)
@@ -175,36 +183,68 @@ def _candidates(app: App, mailbox: Mailbox, chunk: Sequence[int], sent: dict[str
     details = mailbox.sizes_and_dates([h.uid for h in heads])
     result = []
     for head in heads:
-        # A message expunged meanwhile keeps size 0 and no date: _examine's fetch skips it.
+        # A message expunged meanwhile keeps size 0 and no date: the full fetch skips it.
         size, date = details.get(head.uid, (0, None))
         result.append(replace(head, size=size, internaldate=date))
     return result
 
 
-def _examine(app: App, mailbox: Mailbox, head: HeaderInfo, sent: dict[str, str],
-             handled: HandledIndex, report: PollReport) -> _Item | None:
-    settings = imap_settings(app)
+@dataclass(frozen=True)
+class _Wanted:
+    """A message whose header says it must be classified: its whole text is fetched (all of
+    a chunk's in one command) unless it is over ``max_message_bytes``."""
+
+    head: HeaderInfo
+    key: str
+    received_at: datetime
+
+
+def _fetch_groups(wanted: Sequence[_Wanted], max_bytes: int) -> Iterator[list[_Wanted]]:
+    """``wanted`` in order, cut into groups whose whole texts together stay under
+    ``FULL_FETCH_BYTES`` (one message may exceed it alone): one FETCH command per group,
+    and no more than one group's mail in memory at a time."""
+    group: list[_Wanted] = []
+    total = 0
+    for want in wanted:
+        size = want.head.size if want.head.size <= max_bytes else 0
+        if group and total + size > FULL_FETCH_BYTES:
+            yield group
+            group, total = [], 0
+        group.append(want)
+        total += size
+    if group:
+        yield group
+
+
+def _wanted(app: App, head: HeaderInfo, sent: dict[str, str],
+            handled: HandledIndex) -> _Wanted | None:
     facts = parse(head.header_bytes)
     key = message_key(facts.message_id, head.header_bytes)
     if key in handled:
         return None
-    received = head.internaldate or facts.date or app.now()
     if facts.unparseable_reason is None and not is_candidate(
             facts, head.header_bytes, app.task.rules, app.settings.trust, sent):
         return None
+    return _Wanted(head, key, head.internaldate or facts.date or app.now())
+
+
+def _examine(app: App, want: _Wanted, bodies: Mapping[int, bytes], sent: dict[str, str],
+             report: PollReport) -> _Item | None:
+    settings = imap_settings(app)
+    head = want.head
     if head.size > settings.max_message_bytes:
         msg = parse(head.header_bytes)
         reason = f"message is {head.size} bytes, over max_message_bytes; judged on headers"
         msg = _with_defect(msg, reason)
     else:
-        raw = mailbox.fetch_full(head.uid)
+        raw = bodies.get(head.uid)
         if raw is None:  # expunged meanwhile
             return None
         report.fetched += 1
         msg = parse(raw, max_bytes=settings.max_message_bytes)
     cls = classify(msg, app.task.rules, app.settings.trust, sent)
     report.counts[cls.kind.value] = report.counts.get(cls.kind.value, 0) + 1
-    return _Item(head.uid, key, msg, cls, received)
+    return _Item(head.uid, want.key, msg, cls, want.received_at)
 
 
 def _with_defect(msg: IncomingMessage, defect: str) -> IncomingMessage:
