@@ -69,13 +69,13 @@ def is_candidate(head: IncomingMessage, header_bytes: bytes, rules: InboundRules
 
 SCREEN_LIMIT = 256 * 1024  # larger header blocks always take the full parse
 _CONTROL = bytes([*range(9), 11, 12, *range(14, 32), 127])  # all but TAB, LF, CR
-_LONE_CR = re.compile(rb"\r(?!\n)")  # the stdlib parser breaks a line there; we would not
 # A line (after the first) that the stdlib parser would not read as a header field or a
 # continuation line. The patterns start at a line break: far faster than ``^`` per position.
 _ODD_LINE = re.compile(rb"\n(?![!-9;-~]+:|[ \t]|\r?\n|\r?\Z)")
 _FIRST_LINE = re.compile(rb"[!-9;-~]+:")
-_FIELD = re.compile(rb"\n(from|subject|in-reply-to|references):([^\n]*(?:\n[ \t][^\n]*)*)",
-                    re.IGNORECASE)
+# Matched in the lower-cased block (far faster than IGNORECASE); values are cut from the
+# original at the same offsets (``bytes.lower`` keeps every byte in its place).
+_FIELD = re.compile(rb"\n(from|subject|in-reply-to|references):([^\n]*(?:\n[ \t][^\n]*)*)")
 _UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
 _ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?.*?\?=")
 
@@ -100,7 +100,8 @@ def could_be_candidate(header_bytes: bytes, how: Screen) -> bool:
     ``parse`` would find nothing unparseable; True means "parse it and ask is_candidate"."""
     if (len(header_bytes) > SCREEN_LIMIT
             or len(header_bytes.translate(None, _CONTROL)) != len(header_bytes)
-            or _LONE_CR.search(header_bytes)):
+            # A CR not followed by LF (two counts are far cheaper than a search).
+            or header_bytes.count(b"\r") != header_bytes.count(b"\r\n")):
         return True
     if not _FIRST_LINE.match(header_bytes) or _ODD_LINE.search(header_bytes):
         return True
@@ -115,7 +116,7 @@ def could_be_candidate(header_bytes: bytes, how: Screen) -> bool:
             and header_bytes.count(b"\n--") > MAX_DELIMITER_LINES):
         return True
     try:
-        fields = _fields(header_bytes)
+        fields = _fields(header_bytes, lowered)
     except UnicodeDecodeError:
         return True
     return _fields_may_match(fields, how)
@@ -127,22 +128,21 @@ def _fields_may_match(fields: dict[str, list[str]], how: Screen) -> bool:
             or any(_subject_may_match(v, how.words) for v in fields.get("subject", [])))
 
 
-def _add_field(fields: dict[str, list[str]], match: re.Match[bytes]) -> None:
-    raw = match.group(2)
+def _add_field(fields: dict[str, list[str]], name: bytes, raw: bytes) -> None:
     if b"\n" in raw:  # folded: unfold as parse does, then line breaks become spaces
         raw = _UNFOLD.sub(b"", raw).replace(b"\r", b" ").replace(b"\n", b" ")
     elif b"\r" in raw:
         raw = raw.replace(b"\r", b" ")
-    fields.setdefault(match.group(1).lower().decode("ascii"), []).append(
-        raw.decode("utf-8").strip())
+    fields.setdefault(name.decode("ascii"), []).append(raw.decode("utf-8").strip())
 
 
-def _fields(header_bytes: bytes) -> dict[str, list[str]]:
+def _fields(header_bytes: bytes, lowered: bytes) -> dict[str, list[str]]:
     """From, Subject, In-Reply-To and References values as ``parse`` sees them: unfolded,
-    CR/LF as spaces, stripped."""
+    CR/LF as spaces, stripped. ``lowered``: ``header_bytes.lower()``."""
     fields: dict[str, list[str]] = {}
-    for match in _FIELD.finditer(b"\n" + header_bytes):
-        _add_field(fields, match)
+    for match in _FIELD.finditer(b"\n" + lowered):
+        start, end = match.span(2)
+        _add_field(fields, match.group(1), header_bytes[start - 1:end - 1])
     return fields
 
 
