@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mailtracker.config import TrustSettings
 from mailtracker.inbound.parse import parse
-from mailtracker.inbound.prefilter import could_be_candidate, is_candidate, screen
+from mailtracker.inbound.prefilter import could_be_candidate, is_candidate, screen, screen_blocks
 from mailtracker.inbound.rules import DEFAULT_MAPPING, rules_from_mapping
 from tests.inbound_mail import MAIL_DIR, bounce, noise, reply
 
@@ -119,3 +119,37 @@ def test_arbitrary_bytes(header: bytes) -> None:
     check(b"From: a@kommune.dk\r\nSubject: x\r\n" + header + b"\r\n\r\n")
     check(header)
 
+
+
+BATCH_PIECES = [b"", b"\r", b"\n", b"\r\n", b" folded\r\n", b"\tx\r\n", b"odd line\r\n",
+                b"X: \x01\r\n", b"From: a@eg.dk\r\n", b"Subject: webinar\r\n",
+                b"Content-Type: multipart/report\r\n", b"Subject: =?utf-8?q?=FF?=\r\n",
+                b"Subject: \xff\r\n", b"\r\n\r\n", b"From: x@kommune.dk\r\n"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.one_of(header_blocks(), st.binary(max_size=60),
+                          st.lists(st.sampled_from(BATCH_PIECES), max_size=6).map(b"".join)),
+                max_size=12))
+def test_a_batch_gets_the_same_answers_as_its_blocks_one_by_one(blocks: list[bytes]) -> None:
+    """The batch screen joins the blocks: nothing at a seam may change an answer."""
+    assert screen_blocks(blocks, SCREEN) == [screen_blocks([b], SCREEN)[0] for b in blocks]
+    for block in blocks:
+        check(block)
+
+
+ENDINGS = [b"X-A: 1", b"X-A: 1\r\n", b"X-A: 1\r\n\r\n", b"X-A: 1\n", b"X-A: 1\r", b"X-A: 1\n\r",
+           b"Subject: plain", b"Subject: plain\r\n ", b"From: x@kommune.dk", b"X-A: 1\r\n\t"]
+STARTS = [b"Subject: webinar\r\nFrom: x@kommune.dk\r\n\r\n", b" continued\r\n\r\n",
+          b"\tcontinued\r\n\r\n", b"From: a@eg.dk\r\n\r\n", b"\r\nSubject: webinar\r\n",
+          b"\nFrom: x@kommune.dk\r\n", b"odd\r\nFrom: x@kommune.dk\r\n\r\n",
+          b"Content-Type: multipart/report\r\nFrom: x@kommune.dk\r\n\r\n",
+          b"From: x@kommune.dk\r\nSubject: hej\r\n\r\n", b"-type: report\r\nFrom: x@kommune.dk\r\n"]
+
+
+def test_every_seam_between_two_blocks_keeps_both_answers() -> None:
+    for first in ENDINGS:
+        for second in STARTS:
+            pair = [b"From: x@kommune.dk\r\n" + first, second]
+            assert screen_blocks(pair, SCREEN) == [could_be_candidate(b, SCREEN) for b in pair], \
+                pair

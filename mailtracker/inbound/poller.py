@@ -24,7 +24,7 @@ from mailtracker.inbound.classify import Classification, Kind, classify
 from mailtracker.inbound.facts import IncomingMessage
 from mailtracker.inbound.imap import HeaderInfo, Mailbox
 from mailtracker.inbound.parse import parse
-from mailtracker.inbound.prefilter import could_be_candidate, is_candidate, screen
+from mailtracker.inbound.prefilter import is_candidate, screen, screen_blocks
 from mailtracker.models import HandledMessage, UnparseableEntry, Watermark
 from mailtracker.secrets import resolve_credential, token_renewer
 from mailtracker.store import Transaction
@@ -173,11 +173,10 @@ def _candidates(app: App, mailbox: Mailbox, chunk: Sequence[int], sent: dict[str
     a parse nor their size and date.
     """
     how = screen(app.task.rules, app.settings.trust, sent)
-    heads = []
-    for head in mailbox.fetch_headers(chunk, lean=True):
-        report.scanned += 1
-        if could_be_candidate(head.header_bytes, how):
-            heads.append(head)
+    fetched = list(mailbox.fetch_headers(chunk, lean=True))
+    report.scanned += len(fetched)
+    verdicts = screen_blocks([head.header_bytes for head in fetched], how)
+    heads = [head for head, wanted in zip(fetched, verdicts, strict=True) if wanted]
     if not heads:
         return []
     details = mailbox.sizes_and_dates([h.uid for h in heads])

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import email._encoded_words as _ew  # type: ignore[import-not-found]
 import re
-from collections.abc import Iterator, Mapping
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import accumulate
 
 from mailtracker.config import TrustSettings
 from mailtracker.inbound.facts import IncomingMessage
@@ -69,6 +73,7 @@ def is_candidate(head: IncomingMessage, header_bytes: bytes, rules: InboundRules
 
 SCREEN_LIMIT = 256 * 1024  # larger header blocks always take the full parse
 _CONTROL = bytes([*range(9), 11, 12, *range(14, 32), 127])  # all but TAB, LF, CR
+_LONE_CR = re.compile(rb"\r(?!\n)")  # the stdlib parser breaks a line there; we would not
 # A line (after the first) that the stdlib parser would not read as a header field or a
 # continuation line. The patterns start at a line break: far faster than ``^`` per position.
 _ODD_LINE = re.compile(rb"\n(?![!-9;-~]+:|[ \t]|\r?\n|\r?\Z)")
@@ -89,6 +94,12 @@ class Screen:
     sent: Mapping[str, str]
 
 
+def clear_caches() -> None:
+    """Forget the remembered answers for From and Subject values (benchmarks start cold)."""
+    _from_may_match.cache_clear()
+    _subject_may_match.cache_clear()
+
+
 def screen(rules: InboundRules, trust: TrustSettings, sent: Mapping[str, str]) -> Screen:
     words = sorted({w for w in _words(rules) if w}, key=len, reverse=True)
     pattern = re.compile("|".join(map(re.escape, words))) if words else None
@@ -98,32 +109,81 @@ def screen(rules: InboundRules, trust: TrustSettings, sent: Mapping[str, str]) -
 def could_be_candidate(header_bytes: bytes, how: Screen) -> bool:
     """False only if ``is_candidate(parse(header_bytes), …)`` is certainly False and
     ``parse`` would find nothing unparseable; True means "parse it and ask is_candidate"."""
-    if (len(header_bytes) > SCREEN_LIMIT
-            or len(header_bytes.translate(None, _CONTROL)) != len(header_bytes)
-            # A CR not followed by LF (two counts are far cheaper than a search).
-            or header_bytes.count(b"\r") != header_bytes.count(b"\r\n")):
-        return True
-    if not _FIRST_LINE.match(header_bytes) or _ODD_LINE.search(header_bytes):
-        return True
-    lowered = header_bytes.lower()
-    if b"multipart/report" in lowered or b"delivery-status" in lowered:
-        return True
-    # Both words contain a slash: counting those first is much cheaper.
-    if (lowered.count(b"/") > MAX_CONTAINERS and lowered.count(b"multipart/")
-            + lowered.count(b"message/rfc822") > MAX_CONTAINERS):
-        return True
-    if (len(header_bytes) > 3 * MAX_DELIMITER_LINES  # too short for that many otherwise
-            and header_bytes.count(b"\n--") > MAX_DELIMITER_LINES):
-        return True
-    try:
-        fields = _fields(header_bytes, lowered)
-    except UnicodeDecodeError:
-        return True
-    return _fields_may_match(fields, how)
+    return screen_blocks([header_bytes], how)[0]
+
+
+# Between two blocks in a batch: a blank line, which ends a folded value and is no odd line.
+_SEP = b"\n\n"
+# One literal per pattern: the regex engine finds a literal fast, an alternation slowly.
+_REPORT = (re.compile(rb"multipart/report"), re.compile(rb"delivery-status"))
+_CONTAINER = (re.compile(rb"multipart/"), re.compile(rb"message/rfc822"))
+
+
+def screen_blocks(blocks: Sequence[bytes], how: Screen) -> list[bool]:
+    """:func:`could_be_candidate` of each header block, the same answers in one go.
+
+    The searches for anything unusual run once over the batch's blocks joined by a blank
+    line, and each match is charged to the block it lies in (a block ending in CR, whose CR
+    the join would pair with an LF, is judged alone: it always goes to the full parse)."""
+    verdict = [False] * len(blocks)
+    todo = [i for i, block in enumerate(blocks)
+            if len(block) <= SCREEN_LIMIT and not block.endswith(b"\r")
+            and _FIRST_LINE.match(block)]
+    for i in set(range(len(blocks))) - set(todo):
+        verdict[i] = True
+    if not todo:
+        return verdict
+    parts = [blocks[i] for i in todo]
+    joined = _SEP.join(parts)
+    starts = list(accumulate((len(p) + len(_SEP) for p in parts[:-1]), initial=0))
+
+    def owner(pos: int) -> int:  # index into ``todo`` of the block at ``pos`` of ``joined``
+        return bisect_right(starts, pos) - 1
+
+    if len(joined.translate(None, _CONTROL)) != len(joined):
+        for k, part in enumerate(parts):
+            if len(part.translate(None, _CONTROL)) != len(part):
+                verdict[todo[k]] = True
+    for match in _LONE_CR.finditer(joined):
+        verdict[todo[owner(match.start())]] = True
+    for match in _ODD_LINE.finditer(joined):
+        k = owner(match.start())
+        # A match on the separator's second line break is about the next block's first
+        # line, which _FIRST_LINE has judged.
+        if match.start() < starts[k] + len(parts[k]):
+            verdict[todo[k]] = True
+    lowered = joined.lower()
+    for pattern in _REPORT:
+        for match in pattern.finditer(lowered):
+            verdict[todo[owner(match.start())]] = True
+    containers = Counter(owner(m.start()) for pattern in _CONTAINER
+                         for m in pattern.finditer(lowered))
+    for k, count in containers.items():
+        if count > MAX_CONTAINERS:
+            verdict[todo[k]] = True
+    for k, part in enumerate(parts):
+        if (len(part) > 3 * MAX_DELIMITER_LINES  # too short for that many otherwise
+                and part.count(b"\n--") > MAX_DELIMITER_LINES):
+            verdict[todo[k]] = True
+    fields: list[dict[str, list[str]]] = [{} for _ in parts]
+    # In ``b"\n" + lowered`` offsets are one more than in ``joined``.
+    for match in _FIELD.finditer(b"\n" + lowered):
+        k = owner(match.start(1) - 1)
+        if verdict[todo[k]]:
+            continue
+        start, end = match.span(2)
+        try:
+            _add_field(fields[k], match.group(1), joined[start - 1:end - 1])
+        except UnicodeDecodeError:
+            verdict[todo[k]] = True
+    for k, i in enumerate(todo):
+        if not verdict[i]:
+            verdict[i] = _fields_may_match(fields[k], how)
+    return verdict
 
 
 def _fields_may_match(fields: dict[str, list[str]], how: Screen) -> bool:
-    return (_from_may_match(fields.get("from", []), how.watched)
+    return (_from_may_match(tuple(fields.get("from", ())), how.watched)
             or _refs_may_match(fields, how.sent)
             or any(_subject_may_match(v, how.words) for v in fields.get("subject", [])))
 
@@ -136,17 +196,11 @@ def _add_field(fields: dict[str, list[str]], name: bytes, raw: bytes) -> None:
     fields.setdefault(name.decode("ascii"), []).append(raw.decode("utf-8").strip())
 
 
-def _fields(header_bytes: bytes, lowered: bytes) -> dict[str, list[str]]:
-    """From, Subject, In-Reply-To and References values as ``parse`` sees them: unfolded,
-    CR/LF as spaces, stripped. ``lowered``: ``header_bytes.lower()``."""
-    fields: dict[str, list[str]] = {}
-    for match in _FIELD.finditer(b"\n" + lowered):
-        start, end = match.span(2)
-        _add_field(fields, match.group(1), header_bytes[start - 1:end - 1])
-    return fields
-
-
-def _from_may_match(values: list[str], watched: tuple[str, ...]) -> bool:
+# A shared mailbox hears from the same senders about the same things again and again
+# (newsletters, system notices, threads): the answers for a From or Subject value are
+# remembered (pure functions of the value and the screen's settings; bounded).
+@lru_cache(maxsize=8192)
+def _from_may_match(values: tuple[str, ...], watched: tuple[str, ...]) -> bool:
     # The claimed domains exactly as parse_from finds them (it reads the first ten values).
     claimed = [d for v in values[:10] for d in _scrape_domains(v[:MAX_FROM_CHARS])]
     # Without a claimed domain is_candidate looks at the parsed addresses: leave it to it.
@@ -170,6 +224,7 @@ def _refs_may_match(fields: dict[str, list[str]], sent: Mapping[str, str]) -> bo
     return False
 
 
+@lru_cache(maxsize=8192)
 def _subject_may_match(value: str, words: re.Pattern[str] | None) -> bool:
     readings = list(_subject_readings(value))
     if any(_FORWARD_RE.match(text) for text in readings):
