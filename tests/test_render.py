@@ -596,3 +596,16 @@ def test_cached_sender_header_is_not_changed_by_one_message() -> None:
     assert str(second["From"]) == "Birgitte Kjær <bkj@aeroe.dk>"
     assert second["X-Mailer"].startswith("mailtracker ")
     assert second.get_payload()[0]["Content-Type"] == 'text/plain; charset="utf-8"'  # type: ignore[index]
+
+
+def test_a_body_quoting_the_boundary_cannot_end_its_part() -> None:
+    # The alternative's boundary is fixed per process; quoted-printable keeps it out of
+    # the bodies (a literal "=" is written "=3D").
+    from mailtracker.outbound.render import _BOUNDARY
+
+    evil = f"før\n--{_BOUNDARY}\nContent-Type: text/html\n\n<b>x</b>\n--{_BOUNDARY}--\nefter\n"
+    rendered = RenderedMail(subject="Grænse", text=evil, html=f"<pre>{evil}</pre>\n")
+    raw, parsed = send_and_parse(rendered)
+    assert raw.count(f"--{_BOUNDARY}\r\n".encode()) == 2
+    text, html = bodies(parsed)
+    assert text == evil and html == f"<pre>{evil}</pre>\n"

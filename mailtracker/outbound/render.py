@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+import sys
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -230,19 +231,13 @@ def build_email(rendered: RenderedMail, *, sender_name: str, sender_address: str
     another control character, an invalid address or Message-ID, or an extra header that
     would add recipients or replace one set here.
     """
-    if date.tzinfo is None or date.utcoffset() is None:
-        raise ValueError("date must be timezone-aware")
     msg = EmailMessage(policy=_POLICY)
-    msg["From"] = _address("From", sender_name, sender_address)
-    msg["To"] = _address("To", to_name, to_address)
-    if reply_to is not None:
-        msg["Reply-To"] = _address("Reply-To", "", reply_to)
-    _set_subject(msg, _header_value("Subject", rendered.subject))
-    msg["Date"] = format_datetime(date)
-    if not _MSGID_RE.match(message_id):
-        raise TemplateError(f"Message-ID must look like <left@right>: {message_id!r}")
-    msg["Message-ID"] = message_id
-    msg["X-Mailer"] = _parsed_header("X-Mailer", f"mailtracker {__version__}")
+    # set_raw: the headers are parsed already, and each is set once on a fresh message.
+    for name, value in _main_headers(rendered, sender_name=sender_name,
+                                     sender_address=sender_address, to_name=to_name,
+                                     to_address=to_address, message_id=message_id, date=date,
+                                     reply_to=reply_to):
+        msg.set_raw(name, value)
     for name, value in (extra_headers or {}).items():
         if not _FIELD_NAME_RE.match(name):
             raise TemplateError(f"invalid header name {name!r}")
@@ -255,6 +250,26 @@ def build_email(rendered: RenderedMail, *, sender_name: str, sender_address: str
     return msg
 
 
+def _main_headers(rendered: RenderedMail, *, sender_name: str, sender_address: str,
+                  to_name: str, to_address: str, message_id: str, date: datetime,
+                  reply_to: str | None = None) -> list[tuple[str, str]]:
+    """From … X-Mailer, validated and parsed, in the order they are written."""
+    if date.tzinfo is None or date.utcoffset() is None:
+        raise ValueError("date must be timezone-aware")
+    headers = [("From", _address("From", sender_name, sender_address)),
+               ("To", _address("To", to_name, to_address))]
+    if reply_to is not None:
+        headers.append(("Reply-To", _address("Reply-To", "", reply_to)))
+    subject = _header_value("Subject", rendered.subject)
+    headers.append(("Subject", _subject_header(subject)))
+    headers.append(("Date", _parsed_header("Date", format_datetime(date))))  # same per second
+    if not _MSGID_RE.match(message_id):
+        raise TemplateError(f"Message-ID must look like <left@right>: {message_id!r}")
+    headers.append(("Message-ID", _POLICY.header_factory("Message-ID", message_id)))
+    headers.append(("X-Mailer", _parsed_header("X-Mailer", f"mailtracker {__version__}")))
+    return headers
+
+
 # Parsing a header value is most of the cost of building a message (the email package makes
 # a class and a parse tree per header), and most values recur in every mail of a run: the
 # sender, the subject, the parts' Content-Type. Parsed headers are immutable, so each such
@@ -264,7 +279,7 @@ _POLICY = policy.SMTP
 
 @functools.lru_cache(maxsize=64)
 def _parsed_header(name: str, value: str) -> str:
-    """``value`` parsed as header ``name``, ready for ``msg[name] = …`` (stored as is)."""
+    """``value`` parsed as header ``name``, to be stored as is (``msg.set_raw``)."""
     header: str = _POLICY.header_factory(name, value)
     return header
 
@@ -280,16 +295,28 @@ def _set_alternative(msg: EmailMessage, text: str, html: str) -> None:
     parts: list[EmailMessage] = []
     for subtype, body in (("plain", text), ("html", html)):
         part = EmailMessage(policy=_POLICY)
-        part["Content-Type"] = _parsed_header("Content-Type", f'text/{subtype}; charset="utf-8"')
-        part["Content-Transfer-Encoding"] = _parsed_header("Content-Transfer-Encoding",
-                                                           "quoted-printable")
+        part.set_raw("Content-Type",
+                     _parsed_header("Content-Type", f'text/{subtype}; charset="utf-8"'))
+        part.set_raw("Content-Transfer-Encoding",
+                     _parsed_header("Content-Transfer-Encoding", "quoted-printable"))
         part.set_payload(_quoted_printable(body))
         parts.append(part)
-    parts[1]["MIME-Version"] = _parsed_header("MIME-Version", "1.0")
-    msg["MIME-Version"] = _parsed_header("MIME-Version", "1.0")
-    msg["Content-Type"] = _parsed_header("Content-Type", "multipart/alternative")
+    parts[1].set_raw("MIME-Version", _parsed_header("MIME-Version", "1.0"))
+    msg.set_raw("MIME-Version", _parsed_header("MIME-Version", "1.0"))
+    msg.set_raw("Content-Type", _alternative_type())
     for part in parts:
         msg.attach(part)
+
+
+def _alternative_type() -> str:
+    return _parsed_header("Content-Type", f'multipart/alternative; boundary="{_BOUNDARY}"')
+
+
+# The alternative's boundary, chosen once per process like the generator chooses one per
+# message (which costs a regex compiled for every mail). It cannot occur in the parts: a
+# boundary line would be "--" followed by "==", and quoted-printable never writes two "="
+# in a row (a literal "=" is "=3D"); nor does base64 (attachments) write "-".
+_BOUNDARY = "=" * 15 + f"{secrets.randbelow(sys.maxsize):019d}" + "=="
 
 
 def _quoted_printable(body: str) -> str:
@@ -305,17 +332,17 @@ def _header_value(header: str, value: str) -> str:
     return value
 
 
-def _set_subject(msg: EmailMessage, subject: str) -> None:
-    """Set Subject so that it decodes to exactly ``subject``.
+def _subject_header(subject: str) -> str:
+    """The Subject header for ``subject``, decoding to exactly ``subject``.
 
     Python 3.11's folder, breaking a line just before an encoded word, leaves the space at the
     end of the line and adds the folding space, so "underskrift (ØS Indsigt)" arrives with two
-    spaces. ``Header`` encodes the whole value as correctly folded encoded words instead.
+    spaces. ``Header`` encodes the whole value as correctly folded encoded words instead,
+    stored raw (a plain string is written as it is).
     """
     if subject.isascii():
-        msg["Subject"] = subject
-        return
-    msg.set_raw("Subject", _encoded_subject(subject))
+        return _parsed_header("Subject", subject)
+    return _encoded_subject(subject)
 
 
 @functools.lru_cache(maxsize=64)
