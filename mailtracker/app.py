@@ -48,6 +48,8 @@ def clock_from_environ(environ: Mapping[str, str],
 
 @dataclass(frozen=True)
 class App:
+    """What a command works with: settings, task definition, store, environment, clock."""
+
     settings: Settings
     task: TaskDefinition
     store: Store

@@ -33,6 +33,8 @@ QUIET_COMMANDS = frozenset({"status", "init", "config", "recipients", "review", 
 
 @dataclass
 class CliState:
+    """What the top-level options give every command; opens the app on first use."""
+
     config: str | None
     debug: bool
     environ: dict[str, str]

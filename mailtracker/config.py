@@ -43,6 +43,8 @@ class SecretSource:
 
 @dataclass(frozen=True)
 class SmtpSettings:
+    """``[smtp]``: where and how mail is sent (no secret, only where to get it)."""
+
     host: str
     port: int
     tls: TlsMode
@@ -63,6 +65,8 @@ class SmtpSettings:
 
 @dataclass(frozen=True)
 class ImapSettings:
+    """``[imap]``: the mailbox to watch (no secret, only where to get it)."""
+
     host: str
     port: int
     tls: TlsMode
@@ -113,6 +117,8 @@ DEFAULT_SCOPES: Mapping[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class TrustSettings:
+    """``[trust]``: whose mail may change the task, and how it is authenticated."""
+
     authserv_id: str | None
     sender_auth: SenderAuth = "dmarc"
     sender_domains: tuple[str, ...] = ("eg.dk",)
@@ -121,6 +127,8 @@ class TrustSettings:
 
 @dataclass(frozen=True)
 class Settings:
+    """The whole config file, checked."""
+
     path: Path  # the config file
     organisation: str
     task_definition: str  # a name under config/tasks/ or a path

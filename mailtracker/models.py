@@ -29,6 +29,8 @@ class DeliveryState(StrEnum):
 
 @dataclass(frozen=True)
 class Recipient:
+    """A person to orient: address, name, role and the language of their mail."""
+
     email: str  # normalised: domain lower-case; the key
     name: str
     role: str
@@ -89,6 +91,8 @@ class Evidence:
 
 @dataclass(frozen=True)
 class MilestoneRecord:
+    """A milestone reached: when, and the evidence for it."""
+
     name: str
     at: datetime
     evidence: Evidence
@@ -96,6 +100,8 @@ class MilestoneRecord:
 
 @dataclass(frozen=True)
 class TimelineEntry:
+    """One line of the task's history, as shown by ``status``."""
+
     at: datetime
     kind: str  # "notification", "milestone", "acknowledged", "bounce", "quarantine", …
     text: str
@@ -148,6 +154,8 @@ class QuarantineEntry:
 
 @dataclass(frozen=True)
 class UnparseableEntry:
+    """A message the parser could not read, kept (without its text) for ``status``."""
+
     message_id: str | None
     uid: int | None
     folder: str

@@ -39,6 +39,8 @@ LOCAL_TZ = ZoneInfo("Europe/Copenhagen")
 
 @dataclass(frozen=True)
 class TaskReport:
+    """Everything ``status`` shows, in every output format."""
+
     task: TaskDefinition
     organisation: str
     now: datetime

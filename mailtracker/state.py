@@ -52,6 +52,8 @@ def is_oriented(n: Notification | None, require_ack: bool) -> bool:
 
 @dataclass(frozen=True)
 class RoleCoverage:
+    """Whether a role has someone oriented, for the KLIK status."""
+
     role: str
     required: bool
     oriented: tuple[str, ...]  # recipient addresses counted as oriented

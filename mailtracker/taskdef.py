@@ -20,6 +20,8 @@ from mailtracker.resources import data_dir
 
 @dataclass(frozen=True)
 class RoleDef:
+    """A role to orient (``[[roles]]``) and the template of its orientation mail."""
+
     key: str
     label_da: str
     label_en: str
@@ -32,6 +34,8 @@ class RoleDef:
 
 @dataclass(frozen=True)
 class MilestoneDef:
+    """A milestone of the task (``[[milestones]]``) and how it is reached."""
+
     key: str
     label_da: str
     label_en: str
@@ -50,6 +54,8 @@ class MilestoneDef:
 
 @dataclass(frozen=True)
 class KlikLabels:
+    """The KLIK status words, as KLIK shows them."""
+
     not_started: str = "ikke startet"
     in_progress: str = "i gang"
     done: str = "fuldført"
@@ -57,6 +63,8 @@ class KlikLabels:
 
 @dataclass(frozen=True)
 class TaskDefinition:
+    """A task definition file, read and checked."""
+
     key: str
     title: str
     title_en: str

@@ -75,6 +75,8 @@ class EscalationDef:
 
 @dataclass(frozen=True)
 class Followups:
+    """A task's follow-up settings: working calendar, events, reminders, escalations."""
+
     calendar: WorkCalendar = field(default_factory=WorkCalendar)
     events: tuple[EventDef, ...] = ()
     reminders: ReminderDef | None = None

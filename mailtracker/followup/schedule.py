@@ -81,6 +81,8 @@ class Overdue:
 
 @dataclass(frozen=True)
 class FollowupPlan:
+    """What the follow-ups need at ``now``: mail due, mail scheduled, milestones overdue."""
+
     now: datetime
     due: tuple[Due, ...]
     scheduled: tuple[Scheduled, ...]
@@ -94,6 +96,8 @@ class FollowupPlan:
 
 @dataclass(frozen=True)
 class _State:
+    """The stored state a plan is made from."""
+
     task: TaskDefinition
     recipients: Sequence[Recipient]
     notifications: Mapping[str, Notification]

@@ -23,12 +23,16 @@ from mailtracker.taskdef import TaskDefinition
 
 @dataclass(frozen=True)
 class FollowupMail:
+    """A follow-up mail in the outbox, with its kind."""
+
     kind: Kind
     notification: Notification
 
 
 @dataclass(frozen=True)
 class FollowupStatus:
+    """The follow-up part of ``status``."""
+
     overdue: tuple[Overdue, ...]
     scheduled: tuple[Scheduled, ...]
     mails: tuple[FollowupMail, ...]
