@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from datetime import date, datetime
 from enum import Enum
 from functools import cache
@@ -21,10 +22,17 @@ T = TypeVar("T")
 
 def to_doc(obj: Any) -> dict[str, Any]:
     """A JSON-safe dict of a dataclass instance."""
-    return {f.name: _dump(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    return {name: _dump(getattr(obj, name)) for name in _names(cast(Any, type(obj)))}
+
+
+@cache
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def _dump(value: Any) -> Any:
+    if value is None or type(value) in (str, int, bool, float):
+        return value
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, datetime | date):
@@ -38,41 +46,53 @@ def _dump(value: Any) -> Any:
     return value
 
 
-@cache
-def _hints(cls: Any) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def from_doc(cls: type[T], doc: dict[str, Any]) -> T:
     """Build ``cls`` from a document written by ``to_doc``."""
-    hints = _hints(cast(Any, cls))
     kwargs = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name in doc:
-            kwargs[f.name] = _load(hints[f.name], doc[f.name])
+    for name, load in _loaders(cast(Any, cls)):
+        if name in doc:
+            value = doc[name]
+            kwargs[name] = None if value is None else load(value)
     return cls(**kwargs)
 
 
-def _load(tp: Any, value: Any) -> Any:
-    if value is None:
-        return None
+@cache
+def _loaders(cls: type) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    """Each field's name and the function that turns its stored value (not None) back."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, _loader(hints[f.name])) for f in dataclasses.fields(cls))
+
+
+def _keep(value: Any) -> Any:
+    return value
+
+
+@cache
+def _loader(tp: Any) -> Callable[[Any], Any]:
+    """The conversion of a stored value to ``tp``, worked out once per type."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _load(args[0], value) if len(args) == 1 else value
+        if len(args) != 1:
+            return _keep
+        inner = _loader(args[0])
+        return lambda v: None if v is None else inner(v)
     if origin in (tuple, list):
-        (inner, *_) = typing.get_args(tp) or (Any,)
-        items = [_load(inner, v) for v in value]
-        return tuple(items) if origin is tuple else items
+        (item_type, *_) = typing.get_args(tp) or (Any,)
+        item = _loader(item_type)
+        if origin is tuple:
+            return lambda v: tuple(None if x is None else item(x) for x in v)
+        return lambda v: [None if x is None else item(x) for x in v]
     if origin is dict:
-        _, vt = typing.get_args(tp)
-        return {k: _load(vt, v) for k, v in value.items()}
+        _, value_type = typing.get_args(tp)
+        value = _loader(value_type)
+        return lambda v: {k: None if x is None else value(x) for k, x in v.items()}
     if tp is datetime:
-        return datetime.fromisoformat(value)
+        return datetime.fromisoformat
     if tp is date:
-        return date.fromisoformat(value)
+        return date.fromisoformat
     if isinstance(tp, type) and issubclass(tp, Enum):
-        return tp(value)
+        return cast(Callable[[Any], Any], tp)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return from_doc(tp, value)
-    return value
+        return lambda v: from_doc(tp, v)
+    return _keep

@@ -328,27 +328,38 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Lock, read fresh, yield; write once on success, discard on exception."""
-        import filelock  # here, not at the top: read-only commands start faster without it
-
         self._ensure_dir()
-        lock = filelock.FileLock(str(self._lock_path(".lock")), timeout=self.lock_timeout)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            raise StoreLockedError(
+        with self._locked(".lock", self.lock_timeout, lambda: StoreLockedError(
                 f"another mailtracker process has been writing the state for more than "
-                f"{self.lock_timeout:g} s; try again when it is done", path=self.path) from None
-        buffer: _BufferStorage | None = None
+                f"{self.lock_timeout:g} s; try again when it is done", path=self.path)):
+            buffer: _BufferStorage | None = None
+            try:
+                loaded = self._file.load()
+                buffer = _BufferStorage(loaded.data)
+                db = TinyDB(storage=lambda: buffer)
+                yield Transaction(db)
+                if buffer.dirty or loaded.snapshot is None:
+                    self._file.commit(loaded, buffer.data, buffer.ops())
+            finally:
+                if buffer is not None:
+                    buffer.closed = True
+
+    @contextmanager
+    def _locked(self, suffix: str, timeout: float,
+                busy: Callable[[], StoreLockedError]) -> Iterator[None]:
+        from mailtracker.flock import Lock, LockTimeout, NestedLock
+
+        lock = Lock(self._lock_path(suffix))
         try:
-            loaded = self._file.load()
-            buffer = _BufferStorage(loaded.data)
-            db = TinyDB(storage=lambda: buffer)
-            yield Transaction(db)
-            if buffer.dirty or loaded.snapshot is None:
-                self._file.commit(loaded, buffer.data, buffer.ops())
+            lock.acquire(timeout)
+        except (LockTimeout, NestedLock):  # nested: held by this thread, busy all the same
+            raise busy() from None
+        except OSError as exc:
+            raise StoreError(f"cannot open the lock file {self.path.name}{suffix}: "
+                             f"{exc.strerror}", path=self.path) from None
+        try:
+            yield
         finally:
-            if buffer is not None:
-                buffer.closed = True
             lock.release()
 
     @contextmanager
@@ -357,22 +368,11 @@ class Store:
 
         ``activity`` names the lock file; ``what`` the commands it stands for, for the error.
         """
-        import filelock
-
         self._ensure_dir()
-        path = self._lock_path(f".{activity}.lock")
-        lock = filelock.FileLock(str(path), timeout=0)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            raise StoreLockedError(
+        with self._locked(f".{activity}.lock", 0, lambda: StoreLockedError(
                 f"another {what or repr('mailtracker ' + activity)} is already running on this "
-                "state file; stop it first (only one may run at a time)",
-                path=self.path) from None
-        try:
+                "state file; stop it first (only one may run at a time)", path=self.path)):
             yield
-        finally:
-            lock.release()
 
     def _ensure_dir(self) -> None:
         if not self.path.parent.is_dir():

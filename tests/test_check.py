@@ -21,6 +21,7 @@ from mailtracker.app import open_app
 from mailtracker.authserv import authserv_ids
 from mailtracker.check import CheckReport, CheckResult, format_check, run_check
 from mailtracker.cli import main
+from mailtracker.store import SCHEMA_VERSION
 from tests.plugins.dovecot import Dovecot
 from tests.plugins.smtpd import SmtpTestServer
 from tests.plugins.workspace import AUTHSERV_ID, IMAP_PW_ENV, SMTP_PW_ENV, Workspace
@@ -485,7 +486,8 @@ def test_existing_state_file_is_read_and_a_held_lock_fails(make_workspace: MakeW
     with filelock.FileLock(str(w.store_path) + ".lock"):
         held = run(w)
 
-    assert results(free, "store")["state_file"].detail == "schema version 1, 1 recipient(s)"
+    assert results(free, "store")["state_file"].detail == \
+        f"schema version {SCHEMA_VERSION}, 1 recipient(s)"
     assert results(free, "store")["lock"].status == "ok"
     lock = results(held, "store")["lock"]
     assert lock.status == "fail"
