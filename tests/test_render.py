@@ -7,6 +7,7 @@ import re
 import tomllib
 from datetime import UTC, datetime, timedelta, timezone
 from email import policy
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -492,7 +493,8 @@ def _stdlib_build(rendered: RenderedMail, *, sender_name: str, to_name: str,
                   reply_to: str | None = None, extra: dict[str, str] | None = None,
                   attachments: list[tuple[str, str, bytes]] | None = None) -> EmailMessage:
     """The message as build_email made it with the email package's own calls, before it
-    reused parsed headers and encodings: the reference its output must equal byte for byte."""
+    reused parsed headers and encodings: the reference its output must equal byte for byte
+    (address headers: in meaning)."""
     from email.header import Header
     from email.headerregistry import Address
     from email.utils import format_datetime
@@ -566,7 +568,34 @@ def test_build_email_equals_the_email_packages_own_build(rendered: RenderedMail,
             reply_to=kwargs.get("reply_to"),  # type: ignore[arg-type]
             extra_headers=kwargs.get("extra"),  # type: ignore[arg-type]
             attachments=kwargs.get("attachments", ()))  # type: ignore[arg-type]
-        assert _fixed_boundaries(got) == _fixed_boundaries(expected)
+        got_raw, expected_raw = _fixed_boundaries(got), _fixed_boundaries(expected)
+        # Address headers are written raw (formataddr), the rest exactly as the email
+        # package writes them: the same people, the same bytes elsewhere.
+        assert _addresses(got_raw) == _addresses(expected_raw)
+        assert _without_address_lines(got_raw) == _without_address_lines(expected_raw)
+
+
+def _addresses(raw: bytes) -> dict[str, list[tuple[str, str]]]:
+    import email
+
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    return {name: [(a.display_name, a.addr_spec) for a in msg[name].addresses]
+            for name in ("From", "To", "Reply-To") if msg[name] is not None}
+
+
+def _without_address_lines(raw: bytes) -> bytes:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    kept: list[bytes] = []
+    skipping = False
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = line.split(b":", 1)[0].lower() in (b"from", b"to", b"reply-to")
+        if not skipping:
+            kept.append(line)
+    return b"\r\n".join(kept) + b"\r\n\r\n" + body
 
 
 @pytest.mark.parametrize("subject", [
@@ -609,3 +638,35 @@ def test_a_body_quoting_the_boundary_cannot_end_its_part() -> None:
     assert raw.count(f"--{_BOUNDARY}\r\n".encode()) == 2
     text, html = bodies(parsed)
     assert text == evil and html == f"<pre>{evil}</pre>\n"
+
+
+def test_the_unsafe_character_class_is_exactly_cc_zl_zp() -> None:
+    import unicodedata
+
+    from mailtracker.outbound.render import _unsafe_chars
+
+    for code in [*range(0x3000), 0xFEFF, 0xFFFD, 0x1F600, 0xE0001, 0x10FFFF]:
+        c = chr(code)
+        assert bool(_unsafe_chars(c)) == (unicodedata.category(c) in {"Cc", "Zl", "Zp"}), code
+
+
+@pytest.mark.parametrize("to_name", [
+    "Åse Ærø-Østergaard Kristiansen-Bjørnholm, Økonomi- og Indkøbsafdelingen, Ærø Kommune",
+    "Karen Pedersen, KP-systemansvarlig for eFaktura og ØS Indsigt i Ærø og Æbeltoft Kommune",
+    'Bo "B" Hansen (IT) <it>', "ø" * 90,
+])
+def test_long_and_odd_names_are_folded_and_decode_to_the_name(to_name: str) -> None:
+    raw, parsed = send_and_parse(SIMPLE, to_name=to_name)
+    header_block = raw.split(b"\r\n\r\n", 1)[0]
+    assert header_block.isascii()
+    assert all(len(line) <= 78 for line in header_block.split(b"\r\n"))
+    (to,) = parsed["To"].addresses  # one person, whatever commas the name holds
+    assert to.addr_spec == "soeren@aeroe.dk"
+    value = re.sub(rb"\r\n(?=[ \t])", b"", header_block).split(b"\r\nTo: ", 1)[1]
+    phrase = value.split(b"\r\n", 1)[0].decode("ascii").removesuffix(" <soeren@aeroe.dk>")
+    if "=?" in phrase:
+        # Adjacent encoded words join without a gap (RFC 2047, 6.2), as mail clients read
+        # them; Python's address parser puts a space between them.
+        assert str(make_header(decode_header(phrase))) == to_name
+    else:
+        assert to.display_name == to_name

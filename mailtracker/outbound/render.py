@@ -38,7 +38,6 @@ import functools
 import re
 import secrets
 import sys
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,7 +46,7 @@ from email import policy, quoprimime
 from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime
+from email.utils import format_datetime, formataddr
 from pathlib import Path
 from types import TracebackType
 
@@ -197,9 +196,14 @@ def _template_frame(tb: TracebackType | None, directory: Path) -> str | None:
     return found
 
 
+# Unicode's Cc (C0 controls, DEL, C1 controls), Zl (U+2028) and Zp (U+2029).
+_UNSAFE_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _unsafe_chars(value: str) -> list[str]:
     """Characters that could end or bend a header line: C0/C1 controls, U+2028, U+2029."""
-    return [c for c in value if unicodedata.category(c) in {"Cc", "Zl", "Zp"}]
+    found: list[str] = _UNSAFE_RE.findall(value)
+    return found
 
 
 def _check_subject(subject: str, label: str) -> None:
@@ -365,14 +369,34 @@ def _address(header: str, name: str, address: str) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _address_header(header: str, name: str, address: str) -> str:
+    """``name <address>`` as the header's text, stored raw and written as it is (parsing
+    each recipient's header with the registry was the dearest step of building a mail).
+
+    A short ASCII name is a plain or quoted phrase (``formataddr``); any other is encoded
+    words folded by ``Header`` (a comma inside an encoded word is no separator, and adjacent
+    encoded words decode without a gap), the address on the last line or a line of its own,
+    so no line exceeds 78 characters and the generator never refolds it: its refolding of
+    a long name splits "Hansen, Bjørn …" into two addresses and adds spaces.
+    """
     try:
         result = Address(display_name=name, addr_spec=address)
     except (ValueError, IndexError, email_errors.HeaderParseError) as exc:
         raise TemplateError(f"invalid {header} address {address!r}: {exc}") from None
     if not result.domain:
         raise TemplateError(f"invalid {header} address {address!r}: no domain")
-    parsed: str = _POLICY.header_factory(header, result)
-    return parsed
+    addr = result.addr_spec
+    plain = formataddr((name, addr))
+    if not name or (name.isascii() and "=?" not in name
+                    and len(header) + 2 + len(plain) <= _MAX_LINE):
+        return plain
+    encoded: str = Header(name, "utf-8", maxlinelen=_MAX_LINE,
+                          header_name=header).encode(linesep="\n")
+    last = encoded.rsplit("\n", 1)[-1] if "\n" in encoded else f"{header}: {encoded}"
+    fits = len(last) + 2 + len(addr) + 1 <= _MAX_LINE
+    return f"{encoded}{' ' if fits else chr(10) + ' '}<{addr}>"
+
+
+_MAX_LINE = 78
 
 
 def _attach(msg: EmailMessage, filename: str, mime_type: str, data: bytes) -> None:
