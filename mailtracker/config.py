@@ -11,13 +11,14 @@ import os
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from mailtracker.addresses import check_email
 from mailtracker.errors import ConfigError
+from mailtracker.record import record
 
 TlsMode = Literal["implicit", "starttls", "none"]
 AuthMethod = Literal["password", "oauth2"]
@@ -32,7 +33,7 @@ CONFIG_ENV = "MAILTRACKER_CONFIG"
 _SECRET_KEYS = frozenset({"password", "secret", "client_secret", "token", "access_token"})
 
 
-@dataclass(frozen=True)
+@record
 class SecretSource:
     """Where a password comes from. Exactly one is used, in this order."""
 
@@ -41,7 +42,7 @@ class SecretSource:
     keyring: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class SmtpSettings:
     """``[smtp]``: where and how mail is sent (no secret, only where to get it)."""
 
@@ -63,7 +64,7 @@ class SmtpSettings:
         return self.from_address.rpartition("@")[2]
 
 
-@dataclass(frozen=True)
+@record
 class ImapSettings:
     """``[imap]``: the mailbox to watch (no secret, only where to get it)."""
 
@@ -87,7 +88,7 @@ class ImapSettings:
     watch_interval: float = 300.0
 
 
-@dataclass(frozen=True)
+@record
 class OAuth2Settings:
     """How to get OAuth2 access tokens for ``auth = "oauth2"`` (Microsoft Entra ID by default).
 
@@ -115,7 +116,7 @@ DEFAULT_SCOPES: Mapping[str, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class TrustSettings:
     """``[trust]``: whose mail may change the task, and how it is authenticated."""
 
@@ -125,7 +126,7 @@ class TrustSettings:
     signing_domains: tuple[str, ...] = ("penneo.com", "addo.dk", "addosign.com")
 
 
-@dataclass(frozen=True)
+@record
 class Settings:
     """The whole config file, checked."""
 

@@ -6,10 +6,12 @@ its boundary; nothing else sees a dict from the store.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from mailtracker.record import record
 
 
 class NotificationState(StrEnum):
@@ -27,7 +29,7 @@ class DeliveryState(StrEnum):
     BOUNCED = "bounced"
 
 
-@dataclass(frozen=True)
+@record
 class Recipient:
     """A person to orient: address, name, role and the language of their mail."""
 
@@ -42,7 +44,7 @@ class Recipient:
         return self.email.lower()
 
 
-@dataclass(frozen=True)
+@record
 class Notification:
     """One outbox document, keyed by (task, recipient, template)."""
 
@@ -76,7 +78,7 @@ def notification_key(task: str, recipient: str, template: str) -> str:
     return f"{task}|{recipient.lower()}|{template}"
 
 
-@dataclass(frozen=True)
+@record
 class Evidence:
     """Why a milestone or state change happened."""
 
@@ -89,7 +91,7 @@ class Evidence:
     details: dict[str, str] = field(default_factory=dict)  # e.g. webinar start, join link
 
 
-@dataclass(frozen=True)
+@record
 class MilestoneRecord:
     """A milestone reached: when, and the evidence for it."""
 
@@ -98,7 +100,7 @@ class MilestoneRecord:
     evidence: Evidence
 
 
-@dataclass(frozen=True)
+@record
 class TimelineEntry:
     """One line of the task's history, as shown by ``status``."""
 
@@ -108,7 +110,7 @@ class TimelineEntry:
     message_id: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Watermark:
     """Inbound position: only UIDs above ``last_uid`` under ``uidvalidity`` are new."""
 
@@ -123,7 +125,7 @@ class Watermark:
         return f"{self.account}|{self.folder}"
 
 
-@dataclass(frozen=True)
+@record
 class HandledMessage:
     """Dedupe index: a Message-ID we have processed, and what it did (GDPR: no bodies)."""
 
@@ -134,7 +136,7 @@ class HandledMessage:
     folder: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class QuarantineEntry:
     """A mail that looked like EG but failed authentication; kept for ``review``."""
 
@@ -152,7 +154,7 @@ class QuarantineEntry:
     decided_by: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class UnparseableEntry:
     """A message the parser could not read, kept (without its text) for ``status``."""
 

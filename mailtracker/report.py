@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,6 +21,7 @@ from mailtracker.models import (
     TimelineEntry,
     UnparseableEntry,
 )
+from mailtracker.record import record
 from mailtracker.state import (
     KlikStatus,
     derived_milestones,
@@ -37,7 +37,7 @@ from mailtracker.taskdef import TaskDefinition
 LOCAL_TZ = ZoneInfo("Europe/Copenhagen")
 
 
-@dataclass(frozen=True)
+@record
 class TaskReport:
     """Everything ``status`` shows, in every output format."""
 

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from mailtracker.errors import TaskDefinitionError
 from mailtracker.followup.definition import Followups, followups_from_mapping
 from mailtracker.inbound.rules import InboundRules, rules_from_mapping
+from mailtracker.record import record
 from mailtracker.resources import data_dir
 
 
-@dataclass(frozen=True)
+@record
 class RoleDef:
     """A role to orient (``[[roles]]``) and the template of its orientation mail."""
 
@@ -32,7 +33,7 @@ class RoleDef:
         return self.label_da if lang == "da" else self.label_en
 
 
-@dataclass(frozen=True)
+@record
 class MilestoneDef:
     """A milestone of the task (``[[milestones]]``) and how it is reached."""
 
@@ -52,7 +53,7 @@ class MilestoneDef:
         return self.next_da if lang == "da" else self.next_en
 
 
-@dataclass(frozen=True)
+@record
 class KlikLabels:
     """The KLIK status words, as KLIK shows them."""
 
@@ -61,7 +62,7 @@ class KlikLabels:
     done: str = "fuldført"
 
 
-@dataclass(frozen=True)
+@record
 class TaskDefinition:
     """A task definition file, read and checked."""
 

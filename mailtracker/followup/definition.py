@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from mailtracker.followup.calendar import (
     ClosedDay,
     WorkCalendar,
 )
+from mailtracker.record import record
 
 ORIENTED = "oriented"  # audience: every recipient whose orientation was delivered
 ORIENTATION = "orientation"  # escalation anchor: the first orientation mail sent
@@ -31,7 +32,7 @@ _CLOSED_NAMES = {(12, 24): "juleaftensdag", (12, 31): "nytårsaftensdag",
                  (5, 1): "1. maj"}
 
 
-@dataclass(frozen=True)
+@record
 class EventDef:
     """Mail ``template`` to ``to`` once ``milestone`` is reached."""
 
@@ -44,7 +45,7 @@ class EventDef:
     duration_minutes: int = 90  # length of the calendar entry (EG's mail gives only a start)
 
 
-@dataclass(frozen=True)
+@record
 class ReminderDef:
     """Remind unacknowledged recipients ``after_working_days`` after their orientation."""
 
@@ -55,7 +56,7 @@ class ReminderDef:
     roles: tuple[str, ...] = ()  # empty: the required roles
 
 
-@dataclass(frozen=True)
+@record
 class EscalationDef:
     """Tell ``to`` when ``milestone`` has not arrived by the deadline.
 
@@ -73,7 +74,7 @@ class EscalationDef:
     deadline: date | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Followups:
     """A task's follow-up settings: working calendar, events, reminders, escalations."""
 

@@ -5,7 +5,6 @@ scheduled next. Pure: built from the stored state and ``now`` like the schedule 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,11 +16,12 @@ from mailtracker.followup.schedule import (
     plan_followups,
 )
 from mailtracker.models import Notification
+from mailtracker.record import record
 from mailtracker.store import StateView
 from mailtracker.taskdef import TaskDefinition
 
 
-@dataclass(frozen=True)
+@record
 class FollowupMail:
     """A follow-up mail in the outbox, with its kind."""
 
@@ -29,7 +29,7 @@ class FollowupMail:
     notification: Notification
 
 
-@dataclass(frozen=True)
+@record
 class FollowupStatus:
     """The follow-up part of ``status``."""
 
