@@ -23,7 +23,6 @@ from mailtracker.models import HandledMessage
 
 TABLE = "handled"
 CHUNK = 1000
-KEY_CHARS = 12  # 48 bits, as hex
 
 
 def key_for(message_id: str) -> str:

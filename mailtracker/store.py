@@ -45,9 +45,7 @@ SCHEMA_VERSION = 2
 
 def _handled_chunks(data: dict[str, Any]) -> dict[str, Any]:
     """1 -> 2: the handled-message index packed into chunks (``mailtracker.handled``)."""
-    from mailtracker.handled import TABLE, from_v1
-
-    return {**data, TABLE: from_v1(data.get(TABLE, {}))}
+    return {**data, handled.TABLE: handled.from_v1(data.get(handled.TABLE, {}))}
 
 
 # Migrations from version N to N+1, applied in order on read. Each takes and returns the raw

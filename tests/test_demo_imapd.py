@@ -151,8 +151,8 @@ def test_fetch_full_returns_the_exact_bytes_and_leaves_the_message_unseen(demo: 
     uid = demo.deliver(1)
     mb = demo.mailbox()
     mb.select("INBOX")
-    assert mb.fetch_full(uid) == message(1)  # 8-bit UTF-8 body, byte for byte
-    assert mb.fetch_full(999) is None
+    assert mb.fetch_full_many([uid]) == {uid: message(1)}  # 8-bit UTF-8, byte for byte
+    assert mb.fetch_full_many([999]) == {}
     (head,) = list(mb.fetch_headers([uid]))
     assert "\\Seen" not in head.flags
 

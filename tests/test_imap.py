@@ -261,7 +261,7 @@ def test_fetching_headers_and_bodies_never_marks_mail_as_seen(
     assert first.size == len(message(1))
     assert first.internaldate == when and first.internaldate.utcoffset() is not None
     assert {"\\Flagged", "$Label1"} <= set(headers[1].flags)
-    assert mb.fetch_full(uid) == message(1)
+    assert mb.fetch_full_many([uid]) == {uid: message(1)}
     assert all("\\Seen" not in flags for flags in dovecot.flags(user).values())
 
 
@@ -275,7 +275,7 @@ def test_a_message_expunged_meanwhile_is_skipped_or_none(
         c.select_folder("INBOX")
         c.delete_messages([gone])
         c.expunge()
-    assert mb.fetch_full(gone) is None
+    assert mb.fetch_full_many([gone]) == {}
     assert [h.uid for h in mb.fetch_headers([keep, gone])] == [keep]
 
 

@@ -91,8 +91,6 @@ class Mailbox(Protocol):
     def sizes_and_dates(self, uids: Sequence[int]
                         ) -> dict[int, tuple[int, datetime | None]]: ...
 
-    def fetch_full(self, uid: int) -> bytes | None: ...
-
     def fetch_full_many(self, uids: Sequence[int]) -> dict[int, bytes]: ...
 
     def add_keyword(self, uids: Sequence[int], keyword: str) -> None: ...
@@ -155,6 +153,13 @@ def _set_protocol_debug(client: Any) -> None:
     imap = getattr(client, "_imap", None)
     if imap is not None:
         imap.debug = 4 if _PROTOCOL_LOG.isEnabledFor(logging.DEBUG) else 0
+
+
+def _item_bytes(data: Any, name: bytes) -> dict[int, bytes]:
+    """``{uid: item}`` of a parsed FETCH answer for the one data item ``name``; messages
+    without it (expunged meanwhile) are left out."""
+    return {int(uid): bytes(item[name]) for uid, item in data.items()
+            if item.get(name) is not None}
 
 
 def _open(settings: ImapSettings) -> Any:
@@ -365,9 +370,7 @@ class ImapMailbox:
         client = self._client
         imap = getattr(client, "_imap", None)
         if imap is None or not getattr(client, "use_uid", False):
-            data = client.fetch(uids, _LEAN_HEADER_ITEMS)
-            return {uid: bytes(item[b"BODY[HEADER]"]) for uid, item in data.items()
-                    if item.get(b"BODY[HEADER]") is not None}
+            return _item_bytes(client.fetch(uids, _LEAN_HEADER_ITEMS), b"BODY[HEADER]")
         tag = imap._command("UID", "FETCH", join_message_ids(uids), "(BODY.PEEK[HEADER])")
         typ, raw = imap._command_complete("FETCH", tag)
         client._checkok("fetch", typ, raw)
@@ -375,9 +378,8 @@ class ImapMailbox:
         blocks = header_blocks(raw)
         if blocks is not None:
             return blocks
-        parsed = parse_fetch_response(raw, client.normalise_times, True)
-        return {int(uid): bytes(item[b"BODY[HEADER]"]) for uid, item in parsed.items()
-                if item.get(b"BODY[HEADER]") is not None}
+        return _item_bytes(parse_fetch_response(raw, client.normalise_times, True),
+                           b"BODY[HEADER]")
 
     def sizes_and_dates(self, uids: Sequence[int]
                         ) -> dict[int, tuple[int, datetime | None]]:
@@ -389,21 +391,13 @@ class ImapMailbox:
         return {int(uid): (int(item.get(b"RFC822.SIZE", 0)), item.get(b"INTERNALDATE"))
                 for uid, item in data.items()}
 
-    def fetch_full(self, uid: int) -> bytes | None:
-        """The whole message (``BODY.PEEK[]``), or None if it no longer exists."""
-        data = self._run(f"fetching message {uid}", self._client.fetch, [uid], ["BODY.PEEK[]"])
-        body = data.get(uid, {}).get(b"BODY[]")
-        return bytes(body) if body is not None else None
-
     def fetch_full_many(self, uids: Sequence[int]) -> dict[int, bytes]:
         """The whole messages (``BODY.PEEK[]``) of ``uids`` in one command, by UID; those that
         no longer exist are missing."""
         if not uids:
             return {}
-        data = self._run("fetching messages", self._client.fetch, sorted(set(uids)),
-                         ["BODY.PEEK[]"])
-        return {int(uid): bytes(item[b"BODY[]"]) for uid, item in data.items()
-                if item.get(b"BODY[]") is not None}
+        return _item_bytes(self._run("fetching messages", self._client.fetch,
+                                     sorted(set(uids)), ["BODY.PEEK[]"]), b"BODY[]")
 
     def add_keyword(self, uids: Sequence[int], keyword: str) -> None:
         """Set the IMAP keyword (a flag without backslash) on ``uids``."""
