@@ -286,3 +286,18 @@ def test_status_markdown_is_ready_for_klik(inbox: Inbox) -> None:
     assert "| Serviceaftale modtaget fra EG |" in md.output
     assert "mail fra kundeservice@eg.dk" in md.output
     assert "Næste skridt:" in md.output
+
+
+def test_a_mail_over_max_message_bytes_is_judged_on_its_header_alone(inbox: Inbox) -> None:
+    inbox.ws.set("imap", max_message_bytes=1024)
+    raw = eml("agreement-eg-pdf.eml")
+    assert len(raw) > 1024
+    inbox.deliver(raw)
+    report = json.loads(inbox.poll("--json").stdout)
+    assert report["new_messages"] == 1 and report["examined"] == 0  # never fetched whole
+    assert report["counts"] == {"milestone": 1}
+    agreement = inbox.ws.status()["milestones"]["service_agreement_received"]
+    assert agreement["from"] == "kundeservice@eg.dk"
+    assert agreement["subject"] == "Serviceaftale til underskrift"
+    again = json.loads(inbox.poll("--json").stdout)
+    assert again["new_messages"] == 0 and again["changes"] == []
