@@ -196,6 +196,7 @@ class _Wanted:
     head: HeaderInfo
     key: str
     received_at: datetime
+    facts: IncomingMessage  # the header's parse: all there is of a mail too big to fetch
 
 
 def _fetch_groups(wanted: Sequence[_Wanted], max_bytes: int) -> Iterator[list[_Wanted]]:
@@ -224,7 +225,7 @@ def _wanted(app: App, head: HeaderInfo, sent: dict[str, str],
     if facts.unparseable_reason is None and not is_candidate(
             facts, head.header_bytes, app.task.rules, app.settings.trust, sent):
         return None
-    return _Wanted(head, key, head.internaldate or facts.date or app.now())
+    return _Wanted(head, key, head.internaldate or facts.date or app.now(), facts)
 
 
 def _examine(app: App, want: _Wanted, bodies: Mapping[int, bytes], sent: dict[str, str],
@@ -232,9 +233,8 @@ def _examine(app: App, want: _Wanted, bodies: Mapping[int, bytes], sent: dict[st
     settings = imap_settings(app)
     head = want.head
     if head.size > settings.max_message_bytes:
-        msg = parse(head.header_bytes)
         reason = f"message is {head.size} bytes, over max_message_bytes; judged on headers"
-        msg = _with_defect(msg, reason)
+        msg = _with_defect(want.facts, reason)
     else:
         raw = bodies.get(head.uid)
         if raw is None:  # expunged meanwhile
