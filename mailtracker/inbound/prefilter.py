@@ -125,60 +125,55 @@ def screen_blocks(blocks: Sequence[bytes], how: Screen) -> list[bool]:
     The searches for anything unusual run once over the batch's blocks joined by a blank
     line, and each match is charged to the block it lies in (a block ending in CR, whose CR
     the join would pair with an LF, is judged alone: it always goes to the full parse)."""
-    verdict = [False] * len(blocks)
+    verdict = [True] * len(blocks)  # unless screened below: the full parse decides
     todo = [i for i, block in enumerate(blocks)
             if len(block) <= SCREEN_LIMIT and not block.endswith(b"\r")
             and _FIRST_LINE.match(block)]
-    for i in set(range(len(blocks))) - set(todo):
-        verdict[i] = True
     if not todo:
         return verdict
     parts = [blocks[i] for i in todo]
     joined = _SEP.join(parts)
     starts = list(accumulate((len(p) + len(_SEP) for p in parts[:-1]), initial=0))
+    unusual = [False] * len(parts)
 
-    def owner(pos: int) -> int:  # index into ``todo`` of the block at ``pos`` of ``joined``
+    def owner(pos: int) -> int:  # index into ``parts`` of the block at ``pos`` of ``joined``
         return bisect_right(starts, pos) - 1
 
     if len(joined.translate(None, _CONTROL)) != len(joined):
         for k, part in enumerate(parts):
-            if len(part.translate(None, _CONTROL)) != len(part):
-                verdict[todo[k]] = True
+            unusual[k] = len(part.translate(None, _CONTROL)) != len(part)
     for match in _LONE_CR.finditer(joined):
-        verdict[todo[owner(match.start())]] = True
+        unusual[owner(match.start())] = True
     for match in _ODD_LINE.finditer(joined):
         k = owner(match.start())
         # A match on the separator's second line break is about the next block's first
         # line, which _FIRST_LINE has judged.
         if match.start() < starts[k] + len(parts[k]):
-            verdict[todo[k]] = True
+            unusual[k] = True
     lowered = joined.lower()
     for pattern in _REPORT:
         for match in pattern.finditer(lowered):
-            verdict[todo[owner(match.start())]] = True
+            unusual[owner(match.start())] = True
     containers = Counter(owner(m.start()) for pattern in _CONTAINER
                          for m in pattern.finditer(lowered))
-    for k, count in containers.items():
-        if count > MAX_CONTAINERS:
-            verdict[todo[k]] = True
     for k, part in enumerate(parts):
-        if (len(part) > 3 * MAX_DELIMITER_LINES  # too short for that many otherwise
-                and part.count(b"\n--") > MAX_DELIMITER_LINES):
-            verdict[todo[k]] = True
+        if (containers[k] > MAX_CONTAINERS
+                or (len(part) > 3 * MAX_DELIMITER_LINES  # too short for that many otherwise
+                    and part.count(b"\n--") > MAX_DELIMITER_LINES)):
+            unusual[k] = True
     fields: list[dict[str, list[str]]] = [{} for _ in parts]
     # In ``b"\n" + lowered`` offsets are one more than in ``joined``.
     for match in _FIELD.finditer(b"\n" + lowered):
         k = owner(match.start(1) - 1)
-        if verdict[todo[k]]:
+        if unusual[k]:
             continue
         start, end = match.span(2)
         try:
             _add_field(fields[k], match.group(1), joined[start - 1:end - 1])
         except UnicodeDecodeError:
-            verdict[todo[k]] = True
+            unusual[k] = True
     for k, i in enumerate(todo):
-        if not verdict[i]:
-            verdict[i] = _fields_may_match(fields[k], how)
+        verdict[i] = unusual[k] or _fields_may_match(fields[k], how)
     return verdict
 
 
