@@ -279,6 +279,7 @@ def _main_headers(rendered: RenderedMail, *, sender_name: str, sender_address: s
 # sender, the subject, the parts' Content-Type. Parsed headers are immutable, so each such
 # value is parsed once and the same object is put into every message.
 _POLICY = policy.SMTP
+_MAX_LINE = 78  # no header line longer (RFC 5322), so the generator writes ours as they are
 
 
 @functools.lru_cache(maxsize=64)
@@ -326,7 +327,7 @@ _BOUNDARY = "=" * 15 + f"{secrets.randbelow(sys.maxsize):019d}" + "=="
 def _quoted_printable(body: str) -> str:
     """``body`` as UTF-8 quoted-printable, exactly as ``email.contentmanager`` encodes it."""
     data = b"\n".join(body.encode("utf-8").splitlines()) + b"\n"
-    return quoprimime.body_encode(data.decode("latin-1"), _POLICY.max_line_length or 78)
+    return quoprimime.body_encode(data.decode("latin-1"), _POLICY.max_line_length or _MAX_LINE)
 
 
 def _header_value(header: str, value: str) -> str:
@@ -353,13 +354,18 @@ def _subject_header(subject: str) -> str:
 def _encoded_subject(subject: str) -> str:
     # ``Header`` measures the encoded length character by character (~0.3 ms per subject);
     # every recipient of a template gets the same subject, so encode each one once.
-    encoded: str = Header(subject, "utf-8", maxlinelen=78,
-                          header_name="Subject").encode(linesep="\n")
+    return _encoded_words(subject, "Subject")
+
+
+def _encoded_words(text: str, header: str) -> str:
+    """``text`` as UTF-8 encoded words folded for ``header`` (lines joined by "\\n ")."""
+    encoded: str = Header(text, "utf-8", maxlinelen=_MAX_LINE,
+                          header_name=header).encode(linesep="\n")
     return encoded
 
 
 def _address(header: str, name: str, address: str) -> str:
-    """The parsed ``header`` for ``name <address>``; raises ``TemplateError`` if invalid."""
+    """The text of ``header`` for ``name <address>``; raises ``TemplateError`` if invalid."""
     _header_value(header, name)
     _header_value(header, address)
     if not address.isascii():
@@ -389,14 +395,10 @@ def _address_header(header: str, name: str, address: str) -> str:
     if not name or (name.isascii() and "=?" not in name
                     and len(header) + 2 + len(plain) <= _MAX_LINE):
         return plain
-    encoded: str = Header(name, "utf-8", maxlinelen=_MAX_LINE,
-                          header_name=header).encode(linesep="\n")
+    encoded = _encoded_words(name, header)
     last = encoded.rsplit("\n", 1)[-1] if "\n" in encoded else f"{header}: {encoded}"
-    fits = len(last) + 2 + len(addr) + 1 <= _MAX_LINE
-    return f"{encoded}{' ' if fits else chr(10) + ' '}<{addr}>"
-
-
-_MAX_LINE = 78
+    gap = " " if len(last) + 2 + len(addr) + 1 <= _MAX_LINE else "\n "
+    return f"{encoded}{gap}<{addr}>"
 
 
 def _attach(msg: EmailMessage, filename: str, mime_type: str, data: bytes) -> None:
