@@ -26,7 +26,8 @@ CHUNK = 1000
 
 
 def key_for(message_id: str) -> str:
-    """The stored key of a Message-ID (48 bits of SHA-256, as in ``store.doc_id_for``)."""
+    """The stored key of a Message-ID: 48 bits of SHA-256 as hex (``store.doc_id_for`` is the
+    same number)."""
     return hashlib.sha256(message_id.encode("utf-8")).digest()[:6].hex()
 
 

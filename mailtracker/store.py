@@ -13,7 +13,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -56,8 +55,9 @@ T = TypeVar("T")
 
 
 def doc_id_for(key: str) -> int:
-    """A stable document id from a natural key (48 bits of SHA-256: no practical collisions)."""
-    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:6], "big")
+    """A stable document id from a natural key (48 bits of SHA-256: no practical collisions);
+    the handled-message index stores the same 48 bits as hex (``handled.key_for``)."""
+    return int(handled.key_for(key), 16)
 
 
 class _BufferStorage(Storage):
