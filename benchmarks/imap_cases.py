@@ -26,8 +26,8 @@ from imapclient import IMAPClient
 from benchmarks.environment import Environment, Mailbox, copy_store
 from benchmarks.measure import Row, compare
 from mailtracker.app import App
+from mailtracker.inbound.judge.prefilter import clear_caches
 from mailtracker.inbound.poller import PollReport, run_poll
-from mailtracker.inbound.prefilter import clear_caches
 
 FLOOR_BATCH = 500
 

@@ -19,8 +19,8 @@ from benchmarks.environment import Environment
 from benchmarks.measure import Row, compare
 from mailtracker.app import App, open_app
 from mailtracker.models import HandledMessage, Watermark
-from mailtracker.serialize import to_doc
 from mailtracker.store import Store
+from mailtracker.store.codec import to_doc
 from tests.plugins.workspace import Workspace
 
 BATCH = 500  # the poller's batch size

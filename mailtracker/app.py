@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from mailtracker.config import Settings as Settings
-from mailtracker.config import load_settings
 from mailtracker.errors import ConfigError
+from mailtracker.settings.config import Settings as Settings
+from mailtracker.settings.config import load_settings
+from mailtracker.settings.taskdef import TaskDefinition, find_definition, load_task
 from mailtracker.store import Store
-from mailtracker.taskdef import TaskDefinition, find_definition, load_task
 
 NOW_ENV = "MAILTRACKER_NOW"
 

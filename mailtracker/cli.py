@@ -42,7 +42,7 @@ class CliState:
 
     @property
     def config_path(self) -> Path:
-        from mailtracker.config import resolve_config_path
+        from mailtracker.settings.config import resolve_config_path
 
         return resolve_config_path(self.config, self.environ)
 
@@ -132,7 +132,7 @@ def main(ctx: click.Context, config: str | None, debug: bool) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(municipality: str, path: Path, force: bool) -> None:
     """Write a commented starter config file."""
-    from mailtracker.starter import write_starter
+    from mailtracker.settings.starter import write_starter
 
     written = write_starter(path, municipality, since=date.today().replace(day=1).isoformat(),
                             force=force)
@@ -150,8 +150,8 @@ def config_group() -> None:
 @pass_state
 def config_show(state: CliState, as_json: bool) -> None:
     """Show the effective settings (secrets are never shown, only where they come from)."""
-    from mailtracker.config import load_settings
-    from mailtracker.serialize import to_doc
+    from mailtracker.settings.config import load_settings
+    from mailtracker.store.codec import to_doc
 
     settings = load_settings(state.config_path, state.environ)
     doc = to_doc(settings)
@@ -292,8 +292,8 @@ def notify(state: CliState, dry_run: bool, preview_dir: Path | None, role: str |
 @pass_state
 def status(state: CliState, as_json: bool, fmt: str) -> None:
     """Show where the task stands: KLIK status, recipients, milestones, next step."""
-    from mailtracker.report import build_report, to_json, to_markdown, to_text
-    from mailtracker.trustcheck import trust_warnings
+    from mailtracker.settings.trustcheck import trust_warnings
+    from mailtracker.task.report import build_report, to_json, to_markdown, to_text
 
     app = state.app()
     report = build_report(app.task, app.store.snapshot(), organisation=app.settings.organisation,
@@ -469,8 +469,8 @@ def check(state: CliState, as_json: bool) -> None:
 def login(state: CliState) -> None:
     """OAuth2 ([oauth2] section): sign in once (device code flow), or test the app's
     credentials (client credentials flow). The token is cached, never shown."""
-    from mailtracker.config import load_settings
-    from mailtracker.oauth2 import sign_in
+    from mailtracker.settings.config import load_settings
+    from mailtracker.settings.oauth2 import sign_in
 
     settings = load_settings(state.config_path, state.environ)
     token = sign_in(settings, state.environ, show=click.echo)

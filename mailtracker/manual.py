@@ -8,8 +8,8 @@ from datetime import datetime
 from mailtracker.addresses import check_display_name
 from mailtracker.errors import InvalidInputError, NotFoundError
 from mailtracker.models import Evidence, MilestoneRecord, QuarantineEntry, TimelineEntry
+from mailtracker.settings.taskdef import TaskDefinition
 from mailtracker.store import Store
-from mailtracker.taskdef import TaskDefinition
 
 
 def current_user() -> str:

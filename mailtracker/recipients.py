@@ -7,8 +7,8 @@ from datetime import datetime
 from mailtracker.addresses import check_display_name, check_email
 from mailtracker.errors import InvalidInputError, NotFoundError
 from mailtracker.models import Recipient
+from mailtracker.settings.taskdef import TaskDefinition
 from mailtracker.store import Store
-from mailtracker.taskdef import TaskDefinition
 
 LANGUAGES = ("da", "en")
 

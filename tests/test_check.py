@@ -18,8 +18,8 @@ import pytest
 import trustme
 
 from mailtracker.app import open_app
-from mailtracker.authserv import authserv_ids
 from mailtracker.check import CheckReport, CheckResult, format_check, run_check
+from mailtracker.check.authserv import authserv_ids
 from mailtracker.cli import main
 from mailtracker.store import SCHEMA_VERSION
 from tests.plugins.dovecot import Dovecot

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mailtracker.config import TrustSettings
 from mailtracker.errors import TaskDefinitionError
-from mailtracker.inbound.classify import Classification, Kind, classify
-from mailtracker.inbound.parse import parse
-from mailtracker.inbound.rules import DEFAULT_RULES, InboundRules, rules_from_mapping
+from mailtracker.inbound.judge.classify import Classification, Kind, classify
+from mailtracker.inbound.judge.rules import DEFAULT_RULES, InboundRules, rules_from_mapping
+from mailtracker.inbound.mail.parse import parse
+from mailtracker.settings.config import TrustSettings
 
 ROOT = Path(__file__).parents[1]
 MAIL = Path(__file__).parent / "mail"

@@ -101,7 +101,7 @@ def test_forget_removes_every_trace(ws: Workspace) -> None:
 
 def test_internal_error_has_no_traceback_without_debug(
         ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mailtracker.report as report
+    import mailtracker.task.report as report
 
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated bug")

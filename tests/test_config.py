@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mailtracker.config import load_settings, resolve_config_path
 from mailtracker.errors import ConfigError, SecretError
-from mailtracker.secrets import resolve_password
+from mailtracker.settings.config import load_settings, resolve_config_path
+from mailtracker.settings.secrets import resolve_password
 
 BASE = """
 [organisation]

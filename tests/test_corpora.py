@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mailtracker.config import TrustSettings
-from mailtracker.inbound.classify import Kind, classify
-from mailtracker.inbound.parse import parse
-from mailtracker.inbound.rules import DEFAULT_RULES
+from mailtracker.inbound.judge.classify import Kind, classify
+from mailtracker.inbound.judge.rules import DEFAULT_RULES
+from mailtracker.inbound.mail.parse import parse
+from mailtracker.settings.config import TrustSettings
 from tests.test_parse import assert_safe_strings
 
 CORPORA = Path(__file__).parents[1].parent / "shared" / "corpora"

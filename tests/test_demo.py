@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from mailtracker.config import SecretSource, SmtpSettings
 from mailtracker.demo import mails
 from mailtracker.demo.mailstore import MailStore
 from mailtracker.demo.scenario import CAST, DemoStateError, run_demo
 from mailtracker.demo.servers import DemoServers, make_demo_ca
 from mailtracker.errors import DemoFailedError, ExitStatus, InvalidInputError, SmtpAuthError
-from mailtracker.inbound.parse import parse
+from mailtracker.inbound.mail.parse import parse
 from mailtracker.outbound.smtp import SendOutcome, SmtpSession
+from mailtracker.settings.config import SecretSource, SmtpSettings
 
 REPO = Path(__file__).resolve().parents[1]
 KP_OWNER = next(p for p in CAST if p.role == "kp_owner").email

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from imapclient import IMAPClient
 
-from mailtracker.config import ImapSettings, SecretSource
 from mailtracker.demo.imapproto import (
     ImapSyntaxError,
     parse_command,
@@ -24,6 +23,7 @@ from mailtracker.demo.mailstore import Folder, MailStore
 from mailtracker.demo.servers import DemoServers, DemoTls, make_demo_ca
 from mailtracker.errors import ImapAuthError, ImapFolderError, ImapTlsError
 from mailtracker.inbound.imap import ImapMailbox, connect
+from mailtracker.settings.config import ImapSettings, SecretSource
 
 USER = "kp-systemansvarlig@demo-kommune.dk"
 PASSWORD = "demo-Kodeord-1"

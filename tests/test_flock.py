@@ -11,7 +11,7 @@ from pathlib import Path
 import filelock
 import pytest
 
-from mailtracker.flock import Lock, LockTimeout, NestedLock, locked
+from mailtracker.store.flock import Lock, LockTimeout, NestedLock, locked
 
 
 def test_a_lock_held_with_filelock_is_respected_and_the_other_way_round(tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_a_lock_held_with_filelock_is_respected_and_the_other_way_round(tmp_path
 
 def test_another_process_is_kept_out_until_the_lock_is_free(tmp_path: Path) -> None:
     path = tmp_path / "x.lock"
-    script = ("import sys; from pathlib import Path; from mailtracker.flock import Lock, "
+    script = ("import sys; from pathlib import Path; from mailtracker.store.flock import Lock, "
               "LockTimeout\ntry:\n    Lock(Path(sys.argv[1])).acquire(0)\n"
               "except LockTimeout:\n    sys.exit(3)\n")
 

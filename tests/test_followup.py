@@ -364,7 +364,7 @@ def test_bad_mailtracker_now_is_a_config_error(scene: Scene) -> None:
 
 def _followup_templates() -> list[str]:
     from mailtracker.resources import data_dir
-    from mailtracker.taskdef import load_task
+    from mailtracker.settings.taskdef import load_task
 
     fu = load_task(data_dir("config") / "tasks" / "efaktura-8b.toml").followups
     assert fu.reminders is not None

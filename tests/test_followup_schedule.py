@@ -27,7 +27,7 @@ from mailtracker.models import (
     notification_key,
 )
 from mailtracker.resources import data_dir
-from mailtracker.taskdef import TaskDefinition, load_task
+from mailtracker.settings.taskdef import TaskDefinition, load_task
 
 CPH = ZoneInfo("Europe/Copenhagen")
 TASK = load_task(data_dir("config") / "tasks" / "efaktura-8b.toml")

@@ -44,11 +44,11 @@ def _instrumented() -> contextlib.AbstractContextManager[object]:
 
 
 with _instrumented():
-    from mailtracker.config import TrustSettings
-    from mailtracker.inbound.classify import classify
-    from mailtracker.inbound.parse import parse
-    from mailtracker.taskdef import TaskDefinition, find_definition, load_task
-    from mailtracker.transition import TaskState, transition
+    from mailtracker.inbound.judge.classify import classify
+    from mailtracker.inbound.mail.parse import parse
+    from mailtracker.settings.config import TrustSettings
+    from mailtracker.settings.taskdef import TaskDefinition, find_definition, load_task
+    from mailtracker.task.transition import TaskState, transition
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402

@@ -8,9 +8,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from mailtracker.handled import CHUNK, key_for
 from mailtracker.models import HandledMessage, Recipient
 from mailtracker.store import SCHEMA_VERSION, Store
+from mailtracker.store.handled import CHUNK, key_for
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

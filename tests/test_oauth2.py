@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from mailtracker.config import DEFAULT_SCOPES, OAuth2Settings, load_settings
 from mailtracker.errors import ConfigError, OAuth2Error, OAuth2UnavailableError, SecretError
-from mailtracker.oauth2 import TokenProvider, describe_token
+from mailtracker.settings.config import DEFAULT_SCOPES, OAuth2Settings, load_settings
+from mailtracker.settings.oauth2 import TokenProvider, describe_token
 from tests.plugins.dovecot import Dovecot, free_port
 from tests.plugins.fakeidp import EXCHANGE, TENANT, FakeIdP
 from tests.plugins.smtpd import SmtpTestServer

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailtracker.inbound.authres import dkim_signature_domain, parse_authentication_results
-from mailtracker.inbound.facts import IncomingMessage
-from mailtracker.inbound.ical import parse_calendar, resolve_zone
-from mailtracker.inbound.parse import parse
-from mailtracker.inbound.text import clean, normalise
+from mailtracker.inbound.mail.authres import dkim_signature_domain, parse_authentication_results
+from mailtracker.inbound.mail.facts import IncomingMessage
+from mailtracker.inbound.mail.ical import parse_calendar, resolve_zone
+from mailtracker.inbound.mail.parse import parse
+from mailtracker.inbound.mail.text import clean, normalise
 
 MAIL = Path(__file__).parent / "mail"
 CPH = ZoneInfo("Europe/Copenhagen")

@@ -8,10 +8,15 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailtracker.config import TrustSettings
-from mailtracker.inbound.parse import parse
-from mailtracker.inbound.prefilter import could_be_candidate, is_candidate, screen, screen_blocks
-from mailtracker.inbound.rules import DEFAULT_MAPPING, rules_from_mapping
+from mailtracker.inbound.judge.prefilter import (
+    could_be_candidate,
+    is_candidate,
+    screen,
+    screen_blocks,
+)
+from mailtracker.inbound.judge.rules import DEFAULT_MAPPING, rules_from_mapping
+from mailtracker.inbound.mail.parse import parse
+from mailtracker.settings.config import TrustSettings
 from tests.inbound_mail import MAIL_DIR, bounce, noise, reply
 
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from mailtracker.config import SmtpSettings
 from mailtracker.errors import (
     InvalidInputError,
     SmtpAuthError,
@@ -33,6 +32,7 @@ from mailtracker.outbound.smtp import (
     SmtpTemporaryFailure,
     SmtpUnknownOutcome,
 )
+from mailtracker.settings.config import SmtpSettings
 from tests.plugins.smtpd import DELIVER_AND_DROP, DROP, HOLD, SmtpTestServer
 
 if TYPE_CHECKING:
@@ -244,7 +244,7 @@ def test_silent_server_times_out() -> None:
 
 
 def _offline_settings(host: str, port: int, timeout: float = 5.0) -> SmtpSettings:
-    from mailtracker.config import SecretSource
+    from mailtracker.settings.config import SecretSource
 
     return SmtpSettings(host=host, port=port, tls="starttls", username="u", secret=SecretSource(),
                         ca_file=None, from_address="kp-ejer@kommune.example", from_name="KP",

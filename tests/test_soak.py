@@ -207,8 +207,8 @@ class Soak:
         return mark.last_uid if mark else 0
 
 
-STATE_MODULES = ("*/mailtracker/statefile.py", "*/mailtracker/store.py",
-                 "*/mailtracker/serialize.py", "*/json/*")
+STATE_MODULES = ("*/mailtracker/store/storage.py", "*/mailtracker/store/__init__.py",
+                 "*/mailtracker/store/codec.py", "*/json/*")
 
 
 def _growth() -> tuple[int, int]:

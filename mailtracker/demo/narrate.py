@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from mailtracker.report import TaskReport, to_text
+from mailtracker.task.report import TaskReport, to_text
 
 if TYPE_CHECKING:
     from mailtracker.app import App

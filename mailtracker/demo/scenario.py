@@ -47,8 +47,8 @@ from mailtracker.errors import DemoFailedError, InvalidInputError
 from mailtracker.inbound.poller import run_poll
 from mailtracker.outbound.notify import NotifyOptions, run_notify
 from mailtracker.recipients import add_recipient, validate_recipient
-from mailtracker.report import TaskReport, build_report, to_json
-from mailtracker.trustcheck import trust_warnings
+from mailtracker.settings.trustcheck import trust_warnings
+from mailtracker.task.report import TaskReport, build_report, to_json
 
 PASSWORD_ENV = "MAILTRACKER_DEMO_PASSWORD"  # noqa: S105 (the name of a variable)
 ORGANISATION = "Demo Kommune"

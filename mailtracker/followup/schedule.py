@@ -32,8 +32,8 @@ from mailtracker.models import (
     notification_key,
 )
 from mailtracker.record import record
-from mailtracker.state import derived_milestones
-from mailtracker.taskdef import TaskDefinition
+from mailtracker.settings.taskdef import TaskDefinition
+from mailtracker.task.state import derived_milestones
 
 
 class Kind(StrEnum):

@@ -30,7 +30,6 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 from imapclient.imapclient import join_message_ids
 from imapclient.response_parser import parse_fetch_response
 
-from mailtracker.config import ImapSettings
 from mailtracker.errors import (
     ImapAuthError,
     ImapError,
@@ -39,9 +38,10 @@ from mailtracker.errors import (
     ImapTlsError,
 )
 from mailtracker.inbound.fetchparse import header_blocks
+from mailtracker.settings.config import ImapSettings
 
 if TYPE_CHECKING:
-    from mailtracker.oauth2 import AccessToken
+    from mailtracker.settings.oauth2 import AccessToken
 
 log = logging.getLogger(__name__)
 _PROTOCOL_LOG = logging.getLogger("imapclient.imaplib")

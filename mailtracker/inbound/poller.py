@@ -16,19 +16,19 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from mailtracker.app import App
-from mailtracker.config import ImapSettings
 from mailtracker.errors import ConfigError
-from mailtracker.handled import HandledIndex
 from mailtracker.inbound import imap
-from mailtracker.inbound.classify import Classification, Kind, classify
-from mailtracker.inbound.facts import IncomingMessage
 from mailtracker.inbound.imap import HeaderInfo, Mailbox
-from mailtracker.inbound.parse import parse
-from mailtracker.inbound.prefilter import is_candidate, screen, screen_blocks
+from mailtracker.inbound.judge.classify import Classification, Kind, classify
+from mailtracker.inbound.judge.prefilter import is_candidate, screen, screen_blocks
+from mailtracker.inbound.mail.facts import IncomingMessage
+from mailtracker.inbound.mail.parse import parse
 from mailtracker.models import HandledMessage, UnparseableEntry, Watermark
-from mailtracker.secrets import resolve_credential, token_renewer
+from mailtracker.settings.config import ImapSettings
+from mailtracker.settings.secrets import resolve_credential, token_renewer
 from mailtracker.store import Transaction
-from mailtracker.transition import (
+from mailtracker.store.handled import HandledIndex
+from mailtracker.task.transition import (
     Effect,
     TaskState,
     apply_to_state,

@@ -30,7 +30,7 @@ from mailtracker.models import (
 )
 from mailtracker.outbound import smtp
 from mailtracker.outbound.mailbuild import OutgoingMail, Roster, build_outgoing
-from mailtracker.secrets import resolve_credential, token_renewer
+from mailtracker.settings.secrets import resolve_credential, token_renewer
 from mailtracker.store import Transaction
 
 Sleep = Callable[[float], Awaitable[None]]

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 import aiosmtplib
 
 from mailtracker.addresses import check_email
-from mailtracker.config import SmtpSettings
 from mailtracker.errors import (
     ExitStatus,
     InvalidInputError,
@@ -42,9 +41,10 @@ from mailtracker.errors import (
     SmtpTimeoutError,
     SmtpTlsError,
 )
+from mailtracker.settings.config import SmtpSettings
 
 if TYPE_CHECKING:
-    from mailtracker.oauth2 import AccessToken
+    from mailtracker.settings.oauth2 import AccessToken
 
 log = logging.getLogger(__name__)
 

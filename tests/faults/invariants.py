@@ -19,10 +19,10 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mailtracker.handled import key_for
 from mailtracker.models import DeliveryState, NotificationState
 from mailtracker.store import StateView
-from mailtracker.transition import quarantine_id
+from mailtracker.store.handled import key_for
+from mailtracker.task.transition import quarantine_id
 from tests.faults.mails import Ledger
 from tests.plugins.smtpd import ReceivedMessage
 

@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any
 import imapclient
 import pytest
 
-from mailtracker.config import ImapSettings, SecretSource
+from mailtracker.settings.config import ImapSettings, SecretSource
 
 if TYPE_CHECKING:  # imported for real by pytest as a plugin; importing it here would
     from tests.plugins.tlsca import TestCA  # stop pytest from rewriting its asserts

@@ -69,7 +69,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mailtracker.config import SecretSource, SmtpSettings
+from mailtracker.settings.config import SecretSource, SmtpSettings
 
 if TYPE_CHECKING:  # importing it for real would stop pytest rewriting that plugin's asserts
     from tests.plugins.tlsca import TestCA

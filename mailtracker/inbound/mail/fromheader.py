@@ -13,8 +13,8 @@ from email import policy
 from email.errors import ObsoleteHeaderDefect
 
 from mailtracker.addresses import check_email
-from mailtracker.inbound.facts import Address, FromHeader
-from mailtracker.inbound.text import clean, unquoted
+from mailtracker.inbound.mail.facts import Address, FromHeader
+from mailtracker.inbound.mail.text import clean, unquoted
 
 MAX_FROM_CHARS = 4096  # an honest From is a few hundred characters
 MAX_LIST_CHARS = 8192  # the registry's parser is slow on long lists (0.1 s at 8 KB)

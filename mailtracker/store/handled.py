@@ -107,7 +107,7 @@ class _Chunk:
 def from_v1(table: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Schema 1 kept one document per message (``message_id``, ``at``, ``outcome``, …):
     the same messages as chunks, oldest first."""
-    from mailtracker.serialize import from_doc
+    from mailtracker.store.codec import from_doc
 
     messages: dict[str, HandledMessage] = {}
     for doc in table.values():

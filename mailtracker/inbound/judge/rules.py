@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from mailtracker.errors import TaskDefinitionError
-from mailtracker.inbound.text import normalise
+from mailtracker.inbound.mail.text import normalise
 from mailtracker.record import record
 
 SenderClass = Literal["eg", "signing"]

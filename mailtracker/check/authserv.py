@@ -11,8 +11,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
 
-from mailtracker.config import TrustSettings
-from mailtracker.inbound.parse import parse
+from mailtracker.inbound.mail.parse import parse
+from mailtracker.settings.config import TrustSettings
 
 Verdict = Literal["ok", "warn", "fail"]
 

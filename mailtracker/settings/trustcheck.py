@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailtracker.config import Settings
+from mailtracker.settings.config import Settings
 
 
 def trust_warnings(settings: Settings) -> list[str]:

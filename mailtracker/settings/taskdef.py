@@ -14,7 +14,7 @@ from typing import Any
 
 from mailtracker.errors import TaskDefinitionError
 from mailtracker.followup.definition import Followups, followups_from_mapping
-from mailtracker.inbound.rules import InboundRules, rules_from_mapping
+from mailtracker.inbound.judge.rules import InboundRules, rules_from_mapping
 from mailtracker.record import record
 from mailtracker.resources import data_dir
 

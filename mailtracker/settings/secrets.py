@@ -14,11 +14,11 @@ import subprocess
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal
 
-from mailtracker.config import ImapSettings, SecretSource, Settings, SmtpSettings
 from mailtracker.errors import ConfigError, SecretError
+from mailtracker.settings.config import ImapSettings, SecretSource, Settings, SmtpSettings
 
 if TYPE_CHECKING:
-    from mailtracker.oauth2 import AccessToken
+    from mailtracker.settings.oauth2 import AccessToken
 
 Section = Literal["smtp", "imap"]
 
@@ -41,7 +41,7 @@ def fetch_token(settings: Settings, section: Section, environ: Mapping[str, str]
 
     Raises SecretError, OAuth2Error or OAuth2UnavailableError (see ``oauth2.TokenProvider``).
     """
-    from mailtracker.oauth2 import TokenProvider, describe_token
+    from mailtracker.settings.oauth2 import TokenProvider, describe_token
 
     server = _server(settings, section)
     if settings.oauth2 is not None:

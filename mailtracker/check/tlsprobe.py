@@ -19,7 +19,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from mailtracker.config import TlsMode
+from mailtracker.settings.config import TlsMode
 
 Kind = Literal["smtp", "imap"]
 

@@ -33,13 +33,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from mailtracker.config import TrustSettings
-from mailtracker.inbound.facts import CalendarEvent, IncomingMessage
-from mailtracker.inbound.ical import find_join_url
-from mailtracker.inbound.rules import InboundRules, MilestoneRule, NegativeRule, SenderClass
-from mailtracker.inbound.senderauth import domain_under, verify_sender
-from mailtracker.inbound.text import clean, contains, contains_word, normalise
+from mailtracker.inbound.judge.rules import InboundRules, MilestoneRule, NegativeRule, SenderClass
+from mailtracker.inbound.judge.senderauth import domain_under, verify_sender
+from mailtracker.inbound.mail.facts import CalendarEvent, IncomingMessage
+from mailtracker.inbound.mail.ical import find_join_url
+from mailtracker.inbound.mail.text import clean, contains, contains_word, normalise
 from mailtracker.models import Evidence
+from mailtracker.settings.config import TrustSettings
 
 _PERSONAL_AUTO_SIGNALS = ("Auto-Submitted: auto-replied", "X-Autoreply", "X-Autorespond",
                           "Subject:")

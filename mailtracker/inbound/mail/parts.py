@@ -16,9 +16,9 @@ from email.message import Message
 from email.parser import HeaderParser
 from html.parser import HTMLParser
 
-from mailtracker.inbound.facts import Attachment, CalendarEvent, DeliveryReport, DeliveryStatus
-from mailtracker.inbound.ical import parse_calendar
-from mailtracker.inbound.text import clean, decode_words, is_text_charset
+from mailtracker.inbound.mail.facts import Attachment, CalendarEvent, DeliveryReport, DeliveryStatus
+from mailtracker.inbound.mail.ical import parse_calendar
+from mailtracker.inbound.mail.text import clean, decode_words, is_text_charset
 
 MAX_DEPTH = 30
 MAX_PARTS = 500

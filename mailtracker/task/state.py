@@ -18,7 +18,7 @@ from mailtracker.models import (
     Recipient,
 )
 from mailtracker.record import record
-from mailtracker.taskdef import TaskDefinition
+from mailtracker.settings.taskdef import TaskDefinition
 
 
 class KlikStatus(StrEnum):

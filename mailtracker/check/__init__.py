@@ -25,8 +25,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mailtracker.app import App
-from mailtracker.authserv import judge_authserv
-from mailtracker.config import ImapSettings, SecretSource, SmtpSettings, TrustSettings
+from mailtracker.check.authserv import judge_authserv
+from mailtracker.check.tlsprobe import (
+    Kind,
+    Probe,
+    explain_rejection,
+    probe,
+    read_cert,
+    unverified_cert,
+)
 from mailtracker.errors import (
     ImapAuthError,
     ImapError,
@@ -40,9 +47,9 @@ from mailtracker.errors import (
 )
 from mailtracker.inbound import imap
 from mailtracker.outbound.smtp import SmtpSession
-from mailtracker.secrets import Section, fetch_token, resolve_password, token_renewer
+from mailtracker.settings.config import ImapSettings, SecretSource, SmtpSettings, TrustSettings
+from mailtracker.settings.secrets import Section, fetch_token, resolve_password, token_renewer
 from mailtracker.store import Store
-from mailtracker.tlsprobe import Kind, Probe, explain_rejection, probe, read_cert, unverified_cert
 
 Status = Literal["ok", "fail", "warn", "skip"]
 

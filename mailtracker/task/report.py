@@ -7,13 +7,6 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from mailtracker.followup.status import (
-    FollowupStatus,
-    followup_status,
-    status_json,
-    status_markdown,
-    status_text,
-)
 from mailtracker.models import (
     MilestoneRecord,
     QuarantineEntry,
@@ -22,7 +15,16 @@ from mailtracker.models import (
     UnparseableEntry,
 )
 from mailtracker.record import record
-from mailtracker.state import (
+from mailtracker.settings.taskdef import TaskDefinition
+from mailtracker.store import StateView
+from mailtracker.task.followups import (
+    FollowupStatus,
+    followup_status,
+    status_json,
+    status_markdown,
+    status_text,
+)
+from mailtracker.task.state import (
     KlikStatus,
     derived_milestones,
     klik_label,
@@ -31,8 +33,6 @@ from mailtracker.state import (
     orientation_of,
     role_coverage,
 )
-from mailtracker.store import StateView
-from mailtracker.taskdef import TaskDefinition
 
 LOCAL_TZ = ZoneInfo("Europe/Copenhagen")
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from mailtracker.inbound.classify import Classification, Kind
+from mailtracker.inbound.judge.classify import Classification, Kind
 from mailtracker.models import (
     DeliveryState,
     MilestoneRecord,
@@ -20,7 +20,7 @@ from mailtracker.models import (
     QuarantineEntry,
     TimelineEntry,
 )
-from mailtracker.taskdef import TaskDefinition
+from mailtracker.settings.taskdef import TaskDefinition
 
 
 @dataclass

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import icalendar
 from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
-from mailtracker.inbound.facts import CalendarEvent
+from mailtracker.inbound.mail.facts import CalendarEvent
 
 DEFAULT_ZONE = "Europe/Copenhagen"
 MAX_EVENTS = 20

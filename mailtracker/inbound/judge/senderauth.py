@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mailtracker.config import TrustSettings
-from mailtracker.inbound.facts import AuthResult, IncomingMessage
-from mailtracker.inbound.rules import SenderClass
+from mailtracker.inbound.judge.rules import SenderClass
+from mailtracker.inbound.mail.facts import AuthResult, IncomingMessage
+from mailtracker.settings.config import TrustSettings
 
 _NEGATIVE_DMARC = {"fail", "permerror"}
 

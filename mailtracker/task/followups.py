@@ -17,8 +17,8 @@ from mailtracker.followup.schedule import (
 )
 from mailtracker.models import Notification
 from mailtracker.record import record
+from mailtracker.settings.taskdef import TaskDefinition
 from mailtracker.store import StateView
-from mailtracker.taskdef import TaskDefinition
 
 
 @record

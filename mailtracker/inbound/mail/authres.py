@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from mailtracker.inbound.facts import AuthenticationResults, AuthResult
-from mailtracker.inbound.text import unquoted
+from mailtracker.inbound.mail.facts import AuthenticationResults, AuthResult
+from mailtracker.inbound.mail.text import unquoted
 
 # method[/version] = value   or   ptype.property = value   or   reason = "quoted"
 _PAIR_RE = re.compile(

@@ -18,19 +18,19 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import accumulate
 
-from mailtracker.config import TrustSettings
-from mailtracker.inbound.facts import IncomingMessage
-from mailtracker.inbound.fromheader import MAX_FROM_CHARS, _scrape_domains
-from mailtracker.inbound.parse import (
+from mailtracker.inbound.judge.rules import InboundRules
+from mailtracker.inbound.judge.senderauth import domain_under
+from mailtracker.inbound.mail.facts import IncomingMessage
+from mailtracker.inbound.mail.fromheader import MAX_FROM_CHARS, _scrape_domains
+from mailtracker.inbound.mail.parse import (
     _FORWARD_RE,
     _MSGID_RE,
     MAX_CONTAINERS,
     MAX_DELIMITER_LINES,
     MAX_SUBJECT,
 )
-from mailtracker.inbound.rules import InboundRules
-from mailtracker.inbound.senderauth import domain_under
-from mailtracker.inbound.text import clean, contains, normalise
+from mailtracker.inbound.mail.text import clean, contains, normalise
+from mailtracker.settings.config import TrustSettings
 
 
 def _watched(rules: InboundRules, trust: TrustSettings) -> tuple[str, ...]:

@@ -19,12 +19,12 @@ from email.policy import compat32
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from mailtracker.inbound.authres import dkim_signature_domain, parse_authentication_results
-from mailtracker.inbound.facts import AuthenticationResults, CalendarEvent, IncomingMessage
-from mailtracker.inbound.fromheader import parse_address_list, parse_from
-from mailtracker.inbound.ical import find_join_url
-from mailtracker.inbound.parts import Budget, PartFacts, walk
-from mailtracker.inbound.text import (
+from mailtracker.inbound.mail.authres import dkim_signature_domain, parse_authentication_results
+from mailtracker.inbound.mail.facts import AuthenticationResults, CalendarEvent, IncomingMessage
+from mailtracker.inbound.mail.fromheader import parse_address_list, parse_from
+from mailtracker.inbound.mail.ical import find_join_url
+from mailtracker.inbound.mail.parts import Budget, PartFacts, walk
+from mailtracker.inbound.mail.text import (
     clean,
     decode_words,
     is_text_charset,

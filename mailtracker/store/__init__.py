@@ -2,7 +2,7 @@
 
 Guarantees:
 - Each transaction is written once, atomically and durably, or not at all: a full disk or a
-  crash leaves the previous state intact (see ``mailtracker.statefile`` for the snapshot and
+  crash leaves the previous state intact (see ``mailtracker.store.storage`` for the snapshot and
   its journal).
 - Writers are serialised by a lock file; a transaction reads the state under the lock, so no
   stale ``_next_id`` or cache survives from an earlier read. Documents are keyed by us (a hash
@@ -23,9 +23,7 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Table
 
-from mailtracker import handled
 from mailtracker.errors import StoreError, StoreLockedError
-from mailtracker.handled import HandledIndex
 from mailtracker.models import (
     HandledMessage,
     MilestoneRecord,
@@ -36,14 +34,16 @@ from mailtracker.models import (
     UnparseableEntry,
     Watermark,
 )
-from mailtracker.serialize import from_doc, to_doc
-from mailtracker.statefile import Ops, StateFile
+from mailtracker.store import handled
+from mailtracker.store.codec import from_doc, to_doc
+from mailtracker.store.handled import HandledIndex
+from mailtracker.store.storage import Ops, StateFile
 
 SCHEMA_VERSION = 2
 
 
 def _handled_chunks(data: dict[str, Any]) -> dict[str, Any]:
-    """1 -> 2: the handled-message index packed into chunks (``mailtracker.handled``)."""
+    """1 -> 2: the handled-message index packed into chunks (``mailtracker.store.handled``)."""
     return {**data, handled.TABLE: handled.from_v1(data.get(handled.TABLE, {}))}
 
 
@@ -345,7 +345,7 @@ class Store:
     @contextmanager
     def _locked(self, suffix: str, timeout: float,
                 busy: Callable[[], StoreLockedError]) -> Iterator[None]:
-        from mailtracker.flock import Lock, LockTimeout, NestedLock
+        from mailtracker.store.flock import Lock, LockTimeout, NestedLock
 
         lock = Lock(self._lock_path(suffix))
         try:

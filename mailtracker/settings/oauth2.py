@@ -35,8 +35,8 @@ from typing import Any
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from mailtracker.config import OAuth2Settings, Settings
 from mailtracker.errors import ConfigError, OAuth2Error, OAuth2UnavailableError, SecretError
+from mailtracker.settings.config import OAuth2Settings, Settings
 
 log = logging.getLogger(__name__)
 

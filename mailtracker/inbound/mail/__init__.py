@@ -1,0 +1,1 @@
+"""One raw message to plain facts (``parse``), pure and bounded."""

@@ -1,0 +1,1 @@
+"""Settings: the configuration file, the task definition, secrets and OAuth2 tokens."""
