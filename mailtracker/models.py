@@ -6,12 +6,10 @@ its boundary; nothing else sees a dict from the store.
 
 from __future__ import annotations
 
-from dataclasses import field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
-
-from mailtracker.record import record
 
 
 class NotificationState(StrEnum):
@@ -29,7 +27,7 @@ class DeliveryState(StrEnum):
     BOUNCED = "bounced"
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class Recipient:
     """A person to orient: address, name, role and the language of their mail."""
 
@@ -44,7 +42,7 @@ class Recipient:
         return self.email.lower()
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class Notification:
     """One outbox document, keyed by (task, recipient, template)."""
 
@@ -78,7 +76,7 @@ def notification_key(task: str, recipient: str, template: str) -> str:
     return f"{task}|{recipient.lower()}|{template}"
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class Evidence:
     """Why a milestone or state change happened."""
 
@@ -91,7 +89,7 @@ class Evidence:
     details: dict[str, str] = field(default_factory=dict)  # e.g. webinar start, join link
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class MilestoneRecord:
     """A milestone reached: when, and the evidence for it."""
 
@@ -100,7 +98,7 @@ class MilestoneRecord:
     evidence: Evidence
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class TimelineEntry:
     """One line of the task's history, as shown by ``status``."""
 
@@ -110,7 +108,7 @@ class TimelineEntry:
     message_id: str | None = None
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class Watermark:
     """Inbound position: only UIDs above ``last_uid`` under ``uidvalidity`` are new."""
 
@@ -125,7 +123,7 @@ class Watermark:
         return f"{self.account}|{self.folder}"
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class HandledMessage:
     """Dedupe index: a Message-ID we have processed, and what it did (GDPR: no bodies)."""
 
@@ -136,7 +134,7 @@ class HandledMessage:
     folder: str | None = None
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class QuarantineEntry:
     """A mail that looked like EG but failed authentication; kept for ``review``."""
 
@@ -154,7 +152,7 @@ class QuarantineEntry:
     decided_by: str | None = None
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class UnparseableEntry:
     """A message the parser could not read, kept (without its text) for ``status``."""
 

@@ -10,11 +10,9 @@ is closed without it being a holiday, are configured as extra closed days.
 
 from __future__ import annotations
 
-from dataclasses import field
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
-
-from mailtracker.record import record
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -62,7 +60,7 @@ def danish_public_holidays(year: int) -> dict[date, str]:
     return holidays
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class ClosedDay:
     """An extra closed day: every year on ``month``/``day``, or only in ``year`` if given."""
 
@@ -83,7 +81,7 @@ DEFAULT_CLOSED_DAYS = (ClosedDay(12, 24, label="juleaftensdag"),
                        ClosedDay(12, 31, label="nytårsaftensdag"))
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class WorkCalendar:
     """When mail may go out: working days (``0`` = Monday) between ``opens`` and ``closes``
     local time in ``timezone``, except public holidays and ``closed_days``."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import field
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from mailtracker.followup.calendar import (
     ClosedDay,
     WorkCalendar,
 )
-from mailtracker.record import record
 
 ORIENTED = "oriented"  # audience: every recipient whose orientation was delivered
 ORIENTATION = "orientation"  # escalation anchor: the first orientation mail sent
@@ -32,7 +31,7 @@ _CLOSED_NAMES = {(12, 24): "juleaftensdag", (12, 31): "nytårsaftensdag",
                  (5, 1): "1. maj"}
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class EventDef:
     """Mail ``template`` to ``to`` once ``milestone`` is reached."""
 
@@ -45,7 +44,7 @@ class EventDef:
     duration_minutes: int = 90  # length of the calendar entry (EG's mail gives only a start)
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class ReminderDef:
     """Remind unacknowledged recipients ``after_working_days`` after their orientation."""
 
@@ -56,7 +55,7 @@ class ReminderDef:
     roles: tuple[str, ...] = ()  # empty: the required roles
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class EscalationDef:
     """Tell ``to`` when ``milestone`` has not arrived by the deadline.
 
@@ -74,7 +73,7 @@ class EscalationDef:
     deadline: date | None = None
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class Followups:
     """A task's follow-up settings: working calendar, events, reminders, escalations."""
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -31,7 +32,6 @@ from mailtracker.models import (
     Recipient,
     notification_key,
 )
-from mailtracker.record import record
 from mailtracker.settings.taskdef import TaskDefinition
 from mailtracker.task.state import derived_milestones
 
@@ -42,7 +42,7 @@ class Kind(StrEnum):
     ESCALATION = "escalation"
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class Due:
     """One follow-up mail to send now."""
 
@@ -57,7 +57,7 @@ class Due:
     duration_minutes: int = 90
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class Scheduled:
     """A follow-up that will be due later: ``due_at`` is the first moment it may go out."""
 
@@ -68,7 +68,7 @@ class Scheduled:
     reason: str
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class Overdue:
     """An expected milestone that has not arrived by its deadline."""
 
@@ -79,7 +79,7 @@ class Overdue:
     can_escalate: bool  # False when no recipient has a role in the escalation's ``to``
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class FollowupPlan:
     """What the follow-ups need at ``now``: mail due, mail scheduled, milestones overdue."""
 
@@ -94,7 +94,7 @@ class FollowupPlan:
         return min((s.due_at for s in self.scheduled), default=None)
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class _State:
     """The stored state a plan is made from."""
 

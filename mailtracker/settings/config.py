@@ -11,14 +11,13 @@ import os
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import field
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from mailtracker.addresses import check_email
 from mailtracker.errors import ConfigError
-from mailtracker.record import record
 
 TlsMode = Literal["implicit", "starttls", "none"]
 AuthMethod = Literal["password", "oauth2"]
@@ -33,7 +32,7 @@ CONFIG_ENV = "MAILTRACKER_CONFIG"
 _SECRET_KEYS = frozenset({"password", "secret", "client_secret", "token", "access_token"})
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class SecretSource:
     """Where a password comes from. Exactly one is used, in this order."""
 
@@ -42,7 +41,7 @@ class SecretSource:
     keyring: bool = False
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class SmtpSettings:
     """``[smtp]``: where and how mail is sent (no secret, only where to get it)."""
 
@@ -64,7 +63,7 @@ class SmtpSettings:
         return self.from_address.rpartition("@")[2]
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class ImapSettings:
     """``[imap]``: the mailbox to watch (no secret, only where to get it)."""
 
@@ -88,7 +87,7 @@ class ImapSettings:
     watch_interval: float = 300.0
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class OAuth2Settings:
     """How to get OAuth2 access tokens for ``auth = "oauth2"`` (Microsoft Entra ID by default).
 
@@ -116,7 +115,7 @@ DEFAULT_SCOPES: Mapping[str, tuple[str, ...]] = {
 }
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class TrustSettings:
     """``[trust]``: whose mail may change the task, and how it is authenticated."""
 
@@ -126,7 +125,7 @@ class TrustSettings:
     signing_domains: tuple[str, ...] = ("penneo.com", "addo.dk", "addosign.com")
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The whole config file, checked."""
 

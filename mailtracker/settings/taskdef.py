@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mailtracker.errors import TaskDefinitionError
 from mailtracker.followup.definition import Followups, followups_from_mapping
 from mailtracker.inbound.judge.rules import InboundRules, rules_from_mapping
-from mailtracker.record import record
 from mailtracker.resources import data_dir
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class RoleDef:
     """A role to orient (``[[roles]]``) and the template of its orientation mail."""
 
@@ -33,7 +32,7 @@ class RoleDef:
         return self.label_da if lang == "da" else self.label_en
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class MilestoneDef:
     """A milestone of the task (``[[milestones]]``) and how it is reached."""
 
@@ -53,7 +52,7 @@ class MilestoneDef:
         return self.next_da if lang == "da" else self.next_en
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class KlikLabels:
     """The KLIK status words, as KLIK shows them."""
 
@@ -62,7 +61,7 @@ class KlikLabels:
     done: str = "fuldført"
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class TaskDefinition:
     """A task definition file, read and checked."""
 

@@ -5,6 +5,7 @@ scheduled next. Pure: built from the stored state and ``now`` like the schedule 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,12 +17,11 @@ from mailtracker.followup.schedule import (
     plan_followups,
 )
 from mailtracker.models import Notification
-from mailtracker.record import record
 from mailtracker.settings.taskdef import TaskDefinition
 from mailtracker.store import StateView
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class FollowupMail:
     """A follow-up mail in the outbox, with its kind."""
 
@@ -29,7 +29,7 @@ class FollowupMail:
     notification: Notification
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class FollowupStatus:
     """The follow-up part of ``status``."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -14,7 +15,6 @@ from mailtracker.models import (
     TimelineEntry,
     UnparseableEntry,
 )
-from mailtracker.record import record
 from mailtracker.settings.taskdef import TaskDefinition
 from mailtracker.store import StateView
 from mailtracker.task.followups import (
@@ -37,7 +37,7 @@ from mailtracker.task.state import (
 LOCAL_TZ = ZoneInfo("Europe/Copenhagen")
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class TaskReport:
     """Everything ``status`` shows, in every output format."""
 

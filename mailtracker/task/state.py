@@ -6,6 +6,7 @@ No I/O: callers pass recipients, outbox documents, milestones and ``now``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -17,7 +18,6 @@ from mailtracker.models import (
     NotificationState,
     Recipient,
 )
-from mailtracker.record import record
 from mailtracker.settings.taskdef import TaskDefinition
 
 
@@ -50,7 +50,7 @@ def is_oriented(n: Notification | None, require_ack: bool) -> bool:
     return not require_ack or n.acknowledged_at is not None
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class RoleCoverage:
     """Whether a role has someone oriented, for the KLIK status."""
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from mailtracker.errors import TaskDefinitionError
 from mailtracker.inbound.mail.text import normalise
-from mailtracker.record import record
 
 SenderClass = Literal["eg", "signing"]
 Where = Literal["subject", "anywhere"]
@@ -29,7 +29,7 @@ CALENDAR_METHODS = ("REQUEST", "CANCEL", "PUBLISH", "REPLY", "COUNTER")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class MilestoneRule:
     """Sets ``milestone`` when a mail from one of ``senders`` matches.
 
@@ -48,7 +48,7 @@ class MilestoneRule:
     require_pdf: bool = False
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class NegativeRule:
     """A mail from one of ``from_domains`` (or a subdomain), or with one of
     ``subject_words`` in its subject, or one of ``words`` anywhere, is never an EG event."""
@@ -60,7 +60,7 @@ class NegativeRule:
     words: tuple[str, ...] = ()
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class InboundRules:
     """Rules in precedence order (see ``classify``), negatives, and the words that show a
     signing platform's mail carries an EG document (matched as whole words)."""
