@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+from dataclasses import replace
 from datetime import datetime
 
 from mailtracker.addresses import check_display_name
@@ -76,8 +77,8 @@ def decide(store: Store, task: TaskDefinition, entry_id: str, *, accept: bool,
                                 "(see 'mailtracker review')")
         if entry.state != "pending":
             raise InvalidInputError(f"{entry_id} was already {entry.state}")
-        decided = QuarantineEntry(**{**entry.__dict__, "state": "accepted" if accept
-                                     else "rejected", "decided_at": now, "decided_by": who})
+        decided = replace(entry, state="accepted" if accept else "rejected", decided_at=now,
+                          decided_by=who)
         txn.put_quarantine(decided)
         if accept and entry.milestone and entry.milestone not in txn.milestones(task.key):
             txn.put_milestone(task.key, MilestoneRecord(entry.milestone, entry.at, Evidence(
