@@ -8,6 +8,7 @@ import time. Secrets are never part of ``Settings``: only *where* to get them
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ from mailtracker.errors import ConfigError
 TlsMode = Literal["implicit", "starttls", "none"]
 AuthMethod = Literal["password", "oauth2"]
 PostAction = Literal["none", "keyword", "move"]
-SenderAuth = Literal["dmarc", "allowlist"]
+SenderAuth = Literal["dmarc", "exchange_online", "allowlist"]
 OAuth2Flow = Literal["client_credentials", "device_code"]
 
 DEFAULT_CONFIG_RELPATH = Path("config") / "mailtracker.toml"
@@ -123,6 +124,8 @@ class TrustSettings:
     sender_auth: SenderAuth = "dmarc"
     sender_domains: tuple[str, ...] = ("eg.dk",)
     signing_domains: tuple[str, ...] = ("penneo.com", "addo.dk", "addosign.com")
+    # the Exchange Online tenant (directory id) whose verdict counts, for "exchange_online"
+    tenant_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,8 +403,10 @@ def _imap(data: Mapping[str, Any], path: Path) -> ImapSettings | None:
 
 def _trust(data: Mapping[str, Any], path: Path) -> TrustSettings:
     sec = _section(data, "trust", path)
-    sec.unknown_keys({"authserv_id", "sender_auth", "sender_domains", "signing_domains"})
-    mode = cast(SenderAuth, sec.choice("sender_auth", "dmarc", ("dmarc", "allowlist")))
+    sec.unknown_keys({"authserv_id", "sender_auth", "sender_domains", "signing_domains",
+                      "tenant_id"})
+    mode = cast(SenderAuth, sec.choice("sender_auth", "dmarc",
+                                       ("dmarc", "exchange_online", "allowlist")))
     authserv_id = sec.text("authserv_id")
     if mode == "dmarc" and "imap" in data and not authserv_id:
         raise sec._err("authserv_id", 'is required when sender_auth = "dmarc" (the name your '
@@ -413,7 +418,33 @@ def _trust(data: Mapping[str, Any], path: Path) -> TrustSettings:
         sender_auth=mode,
         sender_domains=sec.str_list("sender_domains", defaults.sender_domains),
         signing_domains=sec.str_list("signing_domains", defaults.signing_domains),
+        tenant_id=_exchange_tenant(sec, data) if mode == "exchange_online" else None,
     )
+
+
+_GUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _exchange_tenant(sec: _Section, data: Mapping[str, Any]) -> str:
+    """The tenant whose Exchange Online verdict counts: ``[trust] tenant_id``, else the
+    ``[oauth2] tenant_id`` when that is a directory id (a GUID, as Exchange writes it)."""
+    own = sec.text("tenant_id")
+    if own is not None:
+        tenant = own.strip().lower()
+        if not _GUID_RE.fullmatch(tenant):
+            raise sec._err("tenant_id", "must be the directory (tenant) ID, a GUID such as "
+                                        "'72f988bf-86f1-41af-91ab-2d7cd011db47' (Entra admin "
+                                        "center → Overview → Tenant ID)")
+        return tenant
+    oauth2 = data.get("oauth2")
+    if isinstance(oauth2, Mapping) and isinstance(oauth2.get("tenant_id"), str):
+        tenant = str(oauth2["tenant_id"]).strip().lower()
+        if _GUID_RE.fullmatch(tenant):
+            return tenant
+    raise sec._err("tenant_id", 'is required when sender_auth = "exchange_online" and '
+                                "[oauth2] tenant_id is not a directory ID: set it to your "
+                                "tenant's directory (tenant) ID, a GUID; 'mailtracker check' "
+                                "shows the one your mail carries")
 
 
 _OAUTH2_KEYS = {"tenant_id", "client_id", "client_secret_env", "certificate_path",

@@ -51,7 +51,7 @@ idle = true
 # The name your own receiving mail server writes in Authentication-Results headers.
 # 'mailtracker check' suggests the right value from your newest mail.
 authserv_id = "mx.{domain}"
-sender_auth = "dmarc"        # "dmarc" | "allowlist" (if your server adds no such header)
+sender_auth = "dmarc"        # "dmarc" | "exchange_online" (Microsoft 365) | "allowlist"
 sender_domains = ["eg.dk"]
 signing_domains = ["penneo.com", "addo.dk", "addosign.com"]
 """

@@ -10,6 +10,14 @@ one of our own headers wins over any pass: the server that wrote it saw the real
 Alignment is relaxed without a public-suffix list: the configured sender domain the From
 falls under (``eg.dk`` for ``kundeservice@mail.eg.dk``) serves as the organisational domain,
 so ``header.d=mail.eg.dk`` aligns with a From at ``eg.dk`` and vice versa.
+
+With ``sender_auth = "exchange_online"`` the verdict is Exchange Online's own. Exchange writes
+its ``Authentication-Results`` on top and without an authserv-id, and renames every header of
+that name that came with the message to ``Authentication-Results-Original`` (those are never
+read). So the *topmost* header must have no authserv-id and say ``dmarc=pass`` with a
+``header.from`` equal to the clean From's domain (``bestguesspass`` means the domain publishes
+no DMARC record: not a pass), and the topmost ``X-MS-Exchange-CrossTenant-Id`` must be the
+municipality's tenant, so the message was received by that tenant's Exchange Online.
 """
 
 from __future__ import annotations
@@ -73,6 +81,8 @@ def _auth_problem(msg: IncomingMessage, domain: str, base: str,
                   trust: TrustSettings) -> str | None:
     if trust.sender_auth == "allowlist":
         return None
+    if trust.sender_auth == "exchange_online":
+        return _exchange_problem(msg, domain, trust)
     authserv = (trust.authserv_id or "").strip().lower()
     if not authserv:
         return 'no authserv_id configured for sender_auth = "dmarc"'
@@ -91,6 +101,32 @@ def _auth_problem(msg: IncomingMessage, domain: str, base: str,
            for r in ours):
         return None
     return f"{authserv}: {_describe(ours, domain)}"
+
+
+def _exchange_problem(msg: IncomingMessage, domain: str, trust: TrustSettings) -> str | None:
+    tenant = (trust.tenant_id or "").lower()
+    if not msg.exchange_tenant_ids:
+        return "no X-MS-Exchange-CrossTenant-Id: not received by Exchange Online"
+    if msg.exchange_tenant_ids[0] != tenant:
+        return (f"received by Exchange Online tenant {msg.exchange_tenant_ids[0][:36]}, "
+                f"not {tenant}")
+    if not msg.auth_results:
+        return "no Authentication-Results from Exchange Online"
+    top = msg.auth_results[0]
+    if top.authserv_id:
+        return (f"the topmost Authentication-Results is from {top.authserv_id[:60]}, "
+                "not Exchange Online's own (which has no authserv-id)")
+    dmarc = [r for r in top.results if r.method == "dmarc"]
+    if not dmarc:
+        return "Exchange Online: no dmarc result"
+    for verdict in dmarc:  # Exchange writes one; should there be more, every one must pass
+        header_from = (verdict.prop("header.from") or "").lower().rstrip(".")
+        if verdict.result != "pass":
+            return f"Exchange Online: dmarc={verdict.result[:30]} for {header_from or domain}"
+        if header_from != domain:
+            return (f"Exchange Online: dmarc=pass for {header_from[:60] or 'no domain'}, "
+                    f"not {domain}")
+    return None
 
 
 def _dkim_domain(result: AuthResult) -> str:

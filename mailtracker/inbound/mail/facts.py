@@ -142,6 +142,8 @@ class IncomingMessage:
     auto_reply_signals: tuple[str, ...] = ()  # e.g. ("Auto-Submitted: auto-replied",)
     auth_results: tuple[AuthenticationResults, ...] = ()  # in header order (topmost first)
     dkim_domains: tuple[str, ...] = ()  # d= of DKIM-Signature headers (unverified!)
+    # X-MS-Exchange-CrossTenant-Id values, topmost first, lower case (Exchange Online's tenant)
+    exchange_tenant_ids: tuple[str, ...] = ()
     attachments: tuple[Attachment, ...] = ()
     body_text: str = ""  # text/plain, else text/html without tags; whitespace collapsed; capped
     calendar_events: tuple[CalendarEvent, ...] = ()

@@ -162,6 +162,7 @@ def _build(msg: Message, parts: PartFacts | None, size: int, defects: list[str],
         auto_reply_signals=_auto_reply_signals(headers, subject),
         auth_results=_auth_results(headers),
         dkim_domains=_dkim_domains(headers),
+        exchange_tenant_ids=_exchange_tenant_ids(headers),
         forward_subject=bool(_FORWARD_RE.match(subject)),
         size=size,
     )
@@ -285,6 +286,11 @@ def _auth_results(headers: dict[str, list[str]]) -> tuple[AuthenticationResults,
         if parsed is not None:
             result.append(parsed)
     return tuple(result)
+
+
+def _exchange_tenant_ids(headers: dict[str, list[str]]) -> tuple[str, ...]:
+    values = headers.get("x-ms-exchange-crosstenant-id", [])[:MAX_AUTH_HEADERS]
+    return tuple("".join(clean(v, 200).split()).lower() for v in values)
 
 
 def _dkim_domains(headers: dict[str, list[str]]) -> tuple[str, ...]:
