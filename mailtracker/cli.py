@@ -296,8 +296,9 @@ def status(state: CliState, as_json: bool, fmt: str) -> None:
     from mailtracker.task.report import build_report, to_json, to_markdown, to_text
 
     app = state.app()
-    report = build_report(app.task, app.store.snapshot(), organisation=app.settings.organisation,
-                          now=app.now(), warnings=trust_warnings(app.settings))
+    view = app.store.snapshot()
+    report = build_report(app.task, view, organisation=app.settings.organisation, now=app.now(),
+                          warnings=[*app.store.warnings, *trust_warnings(app.settings)])
     if as_json or fmt == "json":
         _echo_json(to_json(report))
     elif fmt == "markdown":

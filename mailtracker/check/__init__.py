@@ -62,7 +62,8 @@ _LABEL = {"password": "password", "token": "OAuth2 token", "dns": "DNS", "tcp": 
           "starttls": "STARTTLS",
           "tls": "TLS", "auth": "auth mechanisms", "login": "login", "folder": "folder",
           "authserv_id": "authserv_id", "move_to": "move_to folder", "config": "config",
-          "directory": "directory", "state_file": "state file", "lock": "lock"}
+          "directory": "directory", "state_file": "state file", "journal": "journal",
+          "lock": "lock"}
 _PORTS = {"smtp": '587 with tls = "starttls", 465 with tls = "implicit"',
           "imap": '993 with tls = "implicit", 143 with tls = "starttls"'}
 
@@ -483,7 +484,7 @@ def _store_group(store: Store) -> _Group:
         os.close(fd)
         Path(probe).unlink()
         g.add("directory", "ok", f"{directory} is writable")
-    if not path.exists():
+    if not path.exists() and not path.with_name(path.name + ".journal").exists():
         g.add("state_file", "ok", "not created yet (the first command that records "
                                   "something creates it)")
         g.add("lock", "ok", "free (no state file yet)")
@@ -497,6 +498,8 @@ def _store_group(store: Store) -> _Group:
         return g
     g.add("state_file", "ok", f"schema version {view.schema_version()}, "
                               f"{len(view.recipients())} recipient(s)")
+    for warning in store.warnings:
+        g.add("journal", "warn", warning, "see README, 'Running unattended'")
     try:
         with Store(path, lock_timeout=LOCK_WAIT).transaction():
             pass  # nothing changes, so nothing is written

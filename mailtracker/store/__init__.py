@@ -312,6 +312,7 @@ class Store:
         self.path = path
         self.lock_timeout = lock_timeout
         self._file = StateFile(path, lambda data: _migrate(data, path))
+        self.warnings: tuple[str, ...] = ()  # what the last read found wrong but survivable
 
     def _lock_path(self, suffix: str) -> Path:
         return self.path.with_name(self.path.name + suffix)
@@ -319,7 +320,9 @@ class Store:
     def snapshot(self) -> StateView:
         """A consistent read-only view (no lock needed: writes replace the snapshot
         atomically, and a reader never replays a journal line that was not committed)."""
-        buffer = _BufferStorage(self._file.load().data)
+        loaded = self._file.load()
+        self.warnings = loaded.warnings
+        buffer = _BufferStorage(loaded.data)
         buffer.closed = True
         return StateView(TinyDB(storage=lambda: buffer))
 

@@ -19,6 +19,11 @@ returns):
   ``meta`` document 1), so a journal left over from an older snapshot is never replayed, and a
   reader that raced a rewrite notices and reads again.
 - Back up and restore ``<state file>`` and ``<state file>.journal`` together.
+- Damaged state is never taken for a new task: a state file that is empty or does not parse,
+  or a journal whose state file is missing, stops every command (StoreCorruptError, exit 4)
+  before anything is written, and a copy of each file is kept aside as evidence
+  (``<name>.damaged-<hash>``). A journal line that fails its checksum is reported in
+  :attr:`Loaded.warnings`, never dropped in silence.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from mailtracker.errors import StoreCorruptError, StoreError, StoreFullError
 
@@ -49,6 +54,7 @@ class Loaded(NamedTuple):
     data: dict[str, Any]
     live: bool
     migrated: bool = False
+    warnings: tuple[str, ...] = ()
 
 
 class StateFile:
@@ -74,6 +80,7 @@ class StateFile:
         for _ in range(20):
             snapshot = self._read(self.path)
             journal = self._read(self.journal_path)
+            self._refuse_damaged(snapshot, journal)
             last = self._last
             if (last is not None and snapshot is not None and snapshot == last.snapshot
                     and journal == last.journal):
@@ -84,13 +91,20 @@ class StateFile:
             if follows is not None and follows != token and self._read(self.path) != snapshot:
                 continue  # the snapshot was rewritten while we read: read both again
             live = token is not None and follows == token
+            torn: list[int] = []
             if raw is not None and live and journal is not None:
-                for ops in _records(journal):  # written in the snapshot's schema
+                for ops in _records(journal, torn):  # written in the snapshot's schema
                     _apply(raw, ops)
             data = self._migrate(raw)
+            warnings = tuple(
+                f"{self.journal_path.name}: line {n} is cut short or damaged and was not "
+                "applied (a transaction interrupted by a crash never committed; if this is "
+                "not the last line, restore the state file and its journal from a backup)"
+                for n in torn)
             # Migrated: the next commit rewrites, never appends new-schema lines to a journal
             # that continues an old-schema snapshot.
-            loaded = Loaded(snapshot, journal, data, live, raw is not None and data is not raw)
+            loaded = Loaded(snapshot, journal, data, live, raw is not None and data is not raw,
+                            warnings)
             self._last = loaded if snapshot is not None else None
             return loaded
         raise StoreError("the state file keeps changing while being read", path=self.path)
@@ -103,17 +117,34 @@ class StateFile:
         except OSError as exc:
             raise StoreError(f"cannot read {path.name}: {exc.strerror}", path=self.path) from None
 
+    def _refuse_damaged(self, snapshot: bytes | None, journal: bytes | None) -> None:
+        """Raise StoreCorruptError when the files show a task whose state cannot be read."""
+        if snapshot is not None and not snapshot.strip():
+            self._damaged(f"the state file is empty ({len(snapshot)} bytes)", snapshot, journal)
+        if snapshot is None and journal is not None:
+            self._damaged(f"the state file is missing but its journal {self.journal_path.name} "
+                          "is there", snapshot, journal)
+
+    def _damaged(self, what: str, snapshot: bytes | None, journal: bytes | None) -> NoReturn:
+        kept = [_keep_evidence(path, raw) for path, raw in
+                ((self.path, snapshot), (self.journal_path, journal)) if raw is not None]
+        evidence = ", ".join(p.name for p in kept if p is not None) or "none (cannot write)"
+        raise StoreCorruptError(
+            f"{what}: refusing to start a new task over it. Nothing was changed; copies kept: "
+            f"{evidence}. Restore {self.path.name} and {self.journal_path.name} together from "
+            "your backup (or move both away to really start afresh)", path=self.path)
+
     def _parse(self, raw: bytes | None) -> dict[str, Any] | None:
-        if raw is None or not raw.strip():
+        if raw is None:
             return None
         try:
             data = json.loads(raw.decode("utf-8"))
         except ValueError as exc:
-            raise StoreCorruptError(
-                f"state file is not valid JSON ({exc}); it was left untouched — restore it from a "
-                "backup or move it away", path=self.path) from None
+            self._damaged(f"the state file is not valid JSON ({exc})", raw,
+                          self._read(self.journal_path))
         if not isinstance(data, dict):
-            raise StoreCorruptError("state file is not a mailtracker store", path=self.path)
+            self._damaged("the state file is not a mailtracker store", raw,
+                          self._read(self.journal_path))
         return data
 
     # -- writing ---------------------------------------------------------------------------
@@ -188,18 +219,35 @@ def _journal_token(journal: bytes | None) -> str | None:
     return journal.split(b"\n", 1)[0][len(MAGIC):].decode("ascii", "replace").strip() or None
 
 
-def _records(journal: bytes) -> Iterator[Ops]:
-    """The committed transactions, oldest first. Each line: ``<digest> <JSON ops>``."""
-    for line in journal.split(b"\n")[1:]:
+def _records(journal: bytes, torn: list[int]) -> Iterator[Ops]:
+    """The committed transactions, oldest first. Each line: ``<digest> <JSON ops>``. The
+    numbers of lines that are not whole (cut short by a crash, or damaged) go to ``torn``."""
+    for number, line in enumerate(journal.split(b"\n")[1:], start=2):
+        if not line:
+            continue  # each line starts with a line break, so the first one is empty
         digest, _, payload = line.partition(b" ")
-        if not payload or _digest(payload) != digest:
-            continue  # cut short by a crash: that transaction never committed
-        try:
-            ops = json.loads(payload.decode("utf-8"))
-        except ValueError:
-            continue
+        ops: Any = None
+        if payload and _digest(payload) == digest:
+            try:
+                ops = json.loads(payload.decode("utf-8"))
+            except ValueError:
+                ops = None
         if isinstance(ops, list):
             yield ops
+        else:
+            torn.append(number)
+
+
+def _keep_evidence(path: Path, raw: bytes) -> Path | None:
+    """A copy of ``raw`` beside ``path`` named by its hash (one copy per content), 0600."""
+    copy = path.with_name(f"{path.name}.damaged-{hashlib.sha256(raw).hexdigest()[:12]}")
+    if copy.exists():
+        return copy
+    try:
+        _replace(copy, raw, suffix=".tmp")
+    except OSError:
+        return None
+    return copy
 
 
 def _apply(data: dict[str, Any], ops: Ops) -> None:
