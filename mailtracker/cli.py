@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import date
@@ -71,8 +72,8 @@ class MailtrackerGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MailtrackerError as exc:
-            if debug:
-                raise
+            if debug:  # the traceback as well, and still the named exit code
+                traceback.print_exc(file=sys.stderr)
             _fail(str(exc), int(exc.exit_status))
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -81,7 +82,7 @@ class MailtrackerGroup(click.Group):
             raise
         except Exception as exc:  # a bug: say so in one line, details with --debug
             if debug:
-                raise
+                traceback.print_exc(file=sys.stderr)
             _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the "
                   "traceback and please report it)", int(ExitStatus.ERROR))
 
@@ -287,11 +288,13 @@ def notify(state: CliState, dry_run: bool, preview_dir: Path | None, role: str |
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]),
-              default="text", show_default=True, help="Output format (markdown: paste in KLIK).")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown"]),
+              default=None, help="Output format: text (default) or markdown (paste in KLIK).")
 @pass_state
-def status(state: CliState, as_json: bool, fmt: str) -> None:
+def status(state: CliState, as_json: bool, fmt: str | None) -> None:
     """Show where the task stands: KLIK status, recipients, milestones, next step."""
+    if as_json and fmt is not None:
+        raise click.UsageError("--json and --format exclude each other: choose one")
     from mailtracker.settings.trustcheck import trust_warnings
     from mailtracker.task.report import build_report, to_json, to_markdown, to_text
 
@@ -299,7 +302,7 @@ def status(state: CliState, as_json: bool, fmt: str) -> None:
     view = app.store.snapshot()
     report = build_report(app.task, view, organisation=app.settings.organisation, now=app.now(),
                           warnings=[*app.store.warnings, *trust_warnings(app.settings)])
-    if as_json or fmt == "json":
+    if as_json:
         _echo_json(to_json(report))
     elif fmt == "markdown":
         click.echo(to_markdown(report))

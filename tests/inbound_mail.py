@@ -5,11 +5,14 @@ The EG mails themselves are the hand-written fixtures in tests/mail/*.eml.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
+
+import pytest
 
 MAIL_DIR = Path(__file__).parent / "mail"
 OUR_ADDRESS = "kp-ejer@kommune.example"
@@ -99,3 +102,17 @@ def noise(i: int, size: int = 2000) -> bytes:
     msg["Message-ID"] = f"<noise-{i}@kommune.example>"
     msg.set_content(("Hej alle, her er dagsordenen for mødet. " * (size // 40))[:size])
     return msg.as_bytes()
+
+
+CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+
+
+def require_corpora() -> Path:
+    """The real-world corpora in ``../shared/corpora``: a test without them skips with the
+    reason on a developer's clone, and fails in CI, which always has them."""
+    if not CORPORA.is_dir():
+        message = f"mail corpora not found at {CORPORA} (they live in ../shared beside the repo)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return CORPORA

@@ -113,7 +113,9 @@ def test_internal_error_has_no_traceback_without_debug(
     assert "--debug" in quiet.output and "Traceback" not in quiet.output
     loud = CliRunner().invoke(main, ["--config", str(ws.config_path), "--debug", "status"],
                               env=ws.environ)
-    assert isinstance(loud.exception, RuntimeError)
+    assert loud.exit_code == 1  # the same exit code, now with the traceback
+    assert "Traceback (most recent call last)" in loud.output
+    assert "RuntimeError: simulated bug" in loud.output
 
 
 def test_config_show_never_prints_secrets(make_workspace: Callable[..., Workspace],
@@ -137,3 +139,11 @@ def test_status_json_shape_is_stable(ws: Workspace) -> None:
     assert {"email", "name", "role", "notification", "message_id", "acknowledged"} <= set(row)
     assert all(v is None for v in status["milestones"].values())
     assert re.match(r"^Tilføj|^Add", status["next_step"])
+
+
+def test_status_refuses_json_together_with_a_format(ws: Workspace) -> None:
+    result = ws.cli("status", "--format", "markdown", "--json")
+    assert result.exit_code == 2
+    assert "--json and --format exclude each other" in result.output
+    assert ws.cli("status", "--format", "json").exit_code == 2  # --json is the one way
+    assert ws.cli("status", "--format", "markdown").exit_code == 0

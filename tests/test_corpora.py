@@ -3,7 +3,6 @@ parse → classify without an exception, and none of it is an EG event or one of
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from mailtracker.inbound.judge.classify import Kind, classify
 from mailtracker.inbound.judge.rules import DEFAULT_RULES
 from mailtracker.inbound.mail.parse import parse
 from mailtracker.settings.config import TrustSettings
+from tests.inbound_mail import require_corpora
 from tests.test_parse import assert_safe_strings
 
 CORPORA = Path(__file__).parents[1].parent / "shared" / "corpora"
@@ -28,11 +28,8 @@ FILES = _corpus_files()
 
 
 def test_corpora_are_present() -> None:
-    if not FILES:
-        message = f"mail corpora not found at {CORPORA}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_corpora()
+    assert FILES
 
 
 @pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(CORPORA)) for p in FILES])

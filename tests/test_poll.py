@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mailtracker.store import Store
-from tests.inbound_mail import bounce, eml, noise, reply
+from tests.inbound_mail import bounce, eml, noise, reply, require_corpora
 from tests.plugins.smtpd import SmtpTestServer
 from tests.plugins.workspace import THREE, Workspace
 
@@ -20,7 +19,6 @@ EG_MAILS = ["agreement-eg-pdf.eml", "guide-eg.eml", "webinar-invite.eml"]
 SPOOFS = ["spoof-no-authres.eml", "spoof-dkim-fail.eml", "spoof-forged-authres.eml",
           "spoof-two-from.eml", "spoof-paren-from.eml"]
 NEGATIVES = ["nets-efaktura.eml", "kombit-serviceplatformen.eml", "kp-dk.eml"]
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 
 
 @dataclass
@@ -247,9 +245,8 @@ def test_review_accept_applies_and_reject_does_not(inbox: Inbox) -> None:
 
 
 def test_every_corpus_file_is_survived_and_none_is_an_event(inbox: Inbox) -> None:
-    if not CORPORA.is_dir():
-        pytest.fail(f"corpora missing at {CORPORA}")
-    files = sorted(p for p in CORPORA.rglob("*") if p.is_file() and p.name != "LICENSE"
+    corpora = require_corpora()
+    files = sorted(p for p in corpora.rglob("*") if p.is_file() and p.name != "LICENSE"
                    and not p.name.endswith(".md"))
     assert len(files) > 150
     inbox.dovecot.bulk_load(inbox.user, [p.read_bytes() for p in files])
