@@ -255,7 +255,9 @@ def _attachments(app: App, due: Due, notifications: Mapping[str, Notification],
         sequence=_sequence(app, due, notifications))
     data = webinar_ics(entry, method=due.calendar, stamp=now,
                        timezone=app.task.followups.calendar.timezone)
-    return [("webinar.ics", f"text/calendar; method={due.calendar}", data)]
+    # The charset is declared: without it a text/* part is US-ASCII, and "ØS Indsigt" or an
+    # attendee's name would reach a standards-following calendar as mojibake.
+    return [("webinar.ics", f"text/calendar; method={due.calendar}; charset=utf-8", data)]
 
 
 def _sequence(app: App, due: Due, notifications: Mapping[str, Notification]) -> int:
