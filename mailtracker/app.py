@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from mailtracker.errors import ConfigError
@@ -35,9 +35,12 @@ def clock_from_environ(environ: Mapping[str, str],
     try:
         start = datetime.fromisoformat(raw)
     except ValueError:
-        raise ConfigError(f"not an ISO-8601 time: {raw!r}", key=NOW_ENV) from None
+        raise ConfigError(f"not an ISO-8601 time: {raw!r} (e.g. 2026-05-18T10:30:00+02:00)",
+                          key=NOW_ENV) from None
     if start.tzinfo is None or start.utcoffset() is None:
-        raise ConfigError(f"needs a UTC offset, e.g. {raw}+01:00: {raw!r}", key=NOW_ENV)
+        # The example is built from the value itself, so pasting it back is accepted.
+        example = start.replace(tzinfo=timezone(timedelta(hours=1))).isoformat()
+        raise ConfigError(f"needs a UTC offset: {raw!r} (e.g. {example})", key=NOW_ENV)
     origin = time.monotonic()
 
     def now() -> datetime:

@@ -147,3 +147,14 @@ def test_status_refuses_json_together_with_a_format(ws: Workspace) -> None:
     assert "--json and --format exclude each other" in result.output
     assert ws.cli("status", "--format", "json").exit_code == 2  # --json is the one way
     assert ws.cli("status", "--format", "markdown").exit_code == 0
+
+
+@pytest.mark.parametrize("value", ["2026-12-10", "2026-12-10T09:30", "10/12/2026"])
+def test_every_example_in_a_clock_error_is_accepted_when_pasted_back(
+        ws: Workspace, value: str) -> None:
+    refused = ws.cli("status", env={"MAILTRACKER_NOW": value})
+    assert refused.exit_code == 3, refused.output
+    example = re.search(r"\(e\.g\. ([^)]+)\)", refused.output)
+    assert example is not None, refused.output
+    accepted = ws.cli("status", env={"MAILTRACKER_NOW": example.group(1)})
+    assert accepted.exit_code == 0, accepted.output
