@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 
 class NotificationState(StrEnum):
@@ -161,3 +161,16 @@ class UnparseableEntry:
     folder: str
     at: datetime
     reason: str
+
+
+class StateReader(Protocol):
+    """What the pure task code reads of the stored state. The store's views provide it; the
+    task code depends on this shape only, never on the store or TinyDB."""
+
+    def recipients(self) -> list[Recipient]: ...
+    def notifications(self, task: str | None = None) -> list[Notification]: ...
+    def milestones(self, task: str) -> dict[str, MilestoneRecord]: ...
+    def handled_count(self) -> int: ...
+    def quarantine(self, task: str | None = None) -> list[QuarantineEntry]: ...
+    def unparseable(self) -> list[UnparseableEntry]: ...
+    def timeline(self, task: str) -> list[TimelineEntry]: ...

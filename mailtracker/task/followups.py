@@ -16,9 +16,8 @@ from mailtracker.followup.schedule import (
     is_event_key,
     plan_followups,
 )
-from mailtracker.models import Notification
+from mailtracker.models import Notification, StateReader
 from mailtracker.settings.taskdef import TaskDefinition
-from mailtracker.store import StateView
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +50,7 @@ def followup_kind(task: TaskDefinition, key: str) -> Kind | None:
     return None
 
 
-def followup_status(task: TaskDefinition, view: StateView, now: datetime) -> FollowupStatus:
+def followup_status(task: TaskDefinition, view: StateReader, now: datetime) -> FollowupStatus:
     notifications = {n.key: n for n in view.notifications(task.key)}
     plan = plan_followups(task, view.recipients(), notifications, view.milestones(task.key),
                           now)

@@ -12,11 +12,11 @@ from mailtracker.models import (
     MilestoneRecord,
     QuarantineEntry,
     Recipient,
+    StateReader,
     TimelineEntry,
     UnparseableEntry,
 )
 from mailtracker.settings.taskdef import TaskDefinition
-from mailtracker.store import StateView
 from mailtracker.task.followups import (
     FollowupStatus,
     followup_status,
@@ -57,7 +57,7 @@ class TaskReport:
     followups: FollowupStatus | None = None  # overdue milestones, follow-up mail, schedule
 
 
-def build_report(task: TaskDefinition, view: StateView, *, organisation: str, now: datetime,
+def build_report(task: TaskDefinition, view: StateReader, *, organisation: str, now: datetime,
                  lang: str = "en", warnings: Sequence[str] = ()) -> TaskReport:
     recipients = view.recipients()
     notifications = {n.key: n for n in view.notifications(task.key)}
