@@ -146,7 +146,7 @@ def test_reminder_on_the_fifth_working_day_not_on_holiday_weekend_or_after_a_rep
     msg = dict(reminders)[BJOERN]
     assert str(msg["Subject"]) == f"Påmindelse: {orientation[BJOERN]['Subject']}"
     text = _text(msg)
-    assert "Fredag den 8. maj 2026 skrev jeg til dig som »Aftaleadministrator«" in text
+    assert "Fredag den 8. maj 2026 skrev jeg til dig som aftaleadministrator" in text
     assert "underskrive serviceaftalen" in text
 
     # Later rounds (a restart, the next day) send nothing more: max_count is 1.
@@ -432,3 +432,27 @@ def test_a_broken_template_stops_only_its_own_mail(scene: Scene, tmp_path: Path)
         report.raise_for_problems()
     status = scene.status(cph(2026, 3, 20, 10, 6))
     assert _followups(status, "reminder-") == []  # nothing stored: fixed, it goes next round
+
+
+@pytest.mark.parametrize("role, expected, absent", [
+    ("system_owner", "Deltag helst selv: det er dig, der laver opsætningen i ØS Indsigt.",
+     "Den systemansvarlige for bogføringssystemet bør deltage"),
+    ("agreement_admin", "Den systemansvarlige for bogføringssystemet bør deltage",
+     "det er dig, der laver opsætningen"),
+])
+def test_the_webinar_mail_speaks_to_the_reader_not_about_them(
+        role: str, expected: str, absent: str) -> None:
+    from mailtracker.outbound.render import orientation_context, render, template_root
+
+    context = orientation_context(
+        recipient_name="Søren Ærø-Åse", recipient_email=SOEREN, role=role,
+        role_label="Systemansvarlig for kommunens bogføringssystem", lang="da",
+        organisation="Eksempel Kommune", sender_name="Karen Pedersen",
+        sender_email="kp-ejer@kommune.example",
+        task_title="(eFaktura 8b) Serviceaftaler og vejledning fra Ejerkredsen og EG")
+    context.update(FULL)
+    rendered = render(template_root(), "efaktura-8b", "da", "event-webinar_invited", context)
+    for part in (rendered.text, rendered.html):
+        flat = " ".join(part.split())
+        assert expected in flat and absent not in flat
+        assert "Systemejeren" not in flat

@@ -271,7 +271,8 @@ def test_kp_owners_copy_lists_everyone_oriented_with_labels_in_their_language(
     got = _by_recipient(smtp_server)
     da_text, da_html = _parts(got["klo@kommune.example"][0])
     en_text, _ = _parts(got["kim@kommune.example"][0])
-    assert "- Systemejer for økonomisystemet: Søren Ærø-Åse (soeren@kommune.example)" in da_text
+    assert ("- Systemansvarlig for kommunens bogføringssystem: Søren Ærø-Åse "
+            "(soeren@kommune.example)") in da_text
     assert "- Aftaleadministrator: Hansen, Bjørn (bjoern.hansen@kommune.example)" in da_text
     assert "- ØiR-koordinator: Åse Øberg (aase.oeberg@kommune.example)" in da_text
     assert "Åse Øberg" in da_html

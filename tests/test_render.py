@@ -53,20 +53,26 @@ SUBJECTS = {
     },
 }
 # Facts each role's mail must state, in both bodies (case-insensitive).
+NOT_CONTACT = "i skal ikke kontakte ejerkredsen eller eg"  # the card: "I skal IKKE kontakte …"
+AT_ONCE = "på én gang til alle kommuner, der bruger øs indsigt"
 FACTS = {
     "da": {
-        "system_owner": ["kontakt ikke eg", "serviceaftale til underskrift", "vejledning",
+        "system_owner": [NOT_CONTACT, AT_ONCE,
+                         "serviceaftale til underskrift", "vejledning",
                          "webinar", "ean-nummer", "ingen ekstra omkostninger", "ejerkredsen",
                          "øs indsigt", "nemhandel", "oioubl", "svar venligst kort"],
-        "oeir_coordinator": ["kontakt ikke eg", "serviceaftale til underskrift", "vejledning",
+        "oeir_coordinator": [NOT_CONTACT, AT_ONCE,
+                             "serviceaftale til underskrift", "vejledning",
                              "webinar", "ean-nummer", "ingen ekstra omkostninger",
                              "økonomi i rammearkitekturen", "svar venligst kort"],
         "agreement_admin": ["serviceaftale", "underskriv serviceaftalen", "penneo", "addo sign",
-                            "ikke at kontakte eg", "ingen ekstra omkostninger",
+                            NOT_CONTACT, AT_ONCE,
+                            "kommunen sætter det selv op i øs indsigt",
+                            "ingen ekstra omkostninger",
                             "svar venligst kort"],
-        "finance": ["kontakt ikke eg", "ean-nummer", "ingen ekstra omkostninger",
+        "finance": [NOT_CONTACT, "ean-nummer", "ingen ekstra omkostninger",
                     "du skal ikke gøre noget nu"],
-        "kp_owner": ["kopi", "kontakt ikke eg", "serviceaftale", "ean-nummer",
+        "kp_owner": ["kopi", NOT_CONTACT, "serviceaftale", "ean-nummer",
                      "ingen ekstra omkostninger", "fuldført", "efaktura 7"],
     },
     "en": {
@@ -76,7 +82,7 @@ FACTS = {
         "oeir_coordinator": ["do not contact eg", "service agreement", "setup guide",
                              "webinar", "ean number", "no extra cost", "please reply briefly"],
         "agreement_admin": ["service agreement", "please sign the service agreement", "penneo",
-                            "addo sign", "do not need to contact eg", "no extra cost",
+                            "addo sign", "do not contact ejerkredsen or eg", "no extra cost",
                             "please reply briefly"],
         "finance": ["do not contact eg", "ean number", "no extra cost",
                     "do not need to do anything now"],
@@ -160,7 +166,9 @@ def test_delivered_orientation_reads_correctly(role: str, lang: str) -> None:
         assert f"{GREETING[lang]} Søren" in body
         assert SIGN_OFF[lang] in body
         assert "Birgitte Kjær" in body and "Ærø Kommune" in body
-        assert LABELS[lang][role] in body
+        # the role as the footer names it, in running text (no capital, no »«)
+        assert LABELS[lang][role].lower() in body.lower()
+        assert "»" + LABELS[lang][role] not in body
         for fact in FACTS[lang][role]:
             assert fact in visible(body), f"{role}/{lang} does not say {fact!r}"
     assert f'<html lang="{lang}">' in html
@@ -181,7 +189,7 @@ def test_without_a_kp_owner_questions_go_to_the_sender() -> None:
     ctx = context("system_owner", "da", kp_owner_name=None, kp_owner_email=None)
     rendered = render(template_root(), TASK, "da", "orientation-system_owner", ctx)
     for body in (rendered.text, rendered.html):
-        assert "svare på denne mail" in body
+        assert "Har du spørgsmål, så skriv dem gerne i dit svar." in " ".join(body.split())
         assert "None" not in body
 
 
