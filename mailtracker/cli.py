@@ -295,13 +295,14 @@ def status(state: CliState, as_json: bool, fmt: str | None) -> None:
     """Show where the task stands: KLIK status, recipients, milestones, next step."""
     if as_json and fmt is not None:
         raise click.UsageError("--json and --format exclude each other: choose one")
-    from mailtracker.settings.trustcheck import trust_warnings
+    from mailtracker.settings.trustcheck import trust_mode, trust_warnings
     from mailtracker.task.report import build_report, to_json, to_markdown, to_text
 
     app = state.app()
     view = app.store.snapshot()
     report = build_report(app.task, view, organisation=app.settings.organisation, now=app.now(),
-                          warnings=[*app.store.warnings, *trust_warnings(app.settings)])
+                          warnings=[*app.store.warnings, *trust_warnings(app.settings)],
+                          trust=trust_mode(app.settings))
     if as_json:
         _echo_json(to_json(report))
     elif fmt == "markdown":

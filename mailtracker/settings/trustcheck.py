@@ -17,3 +17,13 @@ def trust_warnings(settings: Settings) -> list[str]:
     if settings.smtp is not None and settings.smtp.tls == "none":
         warnings.append('smtp.tls = "none": mail is sent without encryption')
     return warnings
+
+
+def trust_mode(settings: Settings) -> str:
+    """The sender authentication in force, in words ``status`` shows."""
+    trust = settings.trust
+    if trust.sender_auth == "exchange_online":
+        return f"exchange_online (Exchange Online's verdict, tenant {trust.tenant_id})"
+    if trust.sender_auth == "dmarc":
+        return f"dmarc (Authentication-Results from {trust.authserv_id or 'unset'})"
+    return "allowlist (From address only)"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from mailtracker.models import (
+    DeliveryState,
     MilestoneRecord,
+    Notification,
+    NotificationState,
     QuarantineEntry,
     Recipient,
     StateReader,
@@ -55,10 +58,12 @@ class TaskReport:
     warnings: list[str]
     handled: int
     followups: FollowupStatus | None = None  # overdue milestones, follow-up mail, schedule
+    klik_reason: str = ""  # why the KLIK status is what it is, in plain words
+    trust: str = ""  # the sender authentication in force, e.g. 'exchange_online (tenant …)'
 
 
 def build_report(task: TaskDefinition, view: StateReader, *, organisation: str, now: datetime,
-                 lang: str = "en", warnings: Sequence[str] = ()) -> TaskReport:
+                 lang: str = "en", warnings: Sequence[str] = (), trust: str = "") -> TaskReport:
     recipients = view.recipients()
     notifications = {n.key: n for n in view.notifications(task.key)}
     milestones = view.milestones(task.key)
@@ -76,7 +81,34 @@ def build_report(task: TaskDefinition, view: StateReader, *, organisation: str, 
         next_step_da=next_step(task, status, coverage, milestones, "da"),
         warnings=list(warnings), handled=view.handled_count(),
         followups=followup_status(task, view, now),
+        klik_reason=klik_reason(task, recipients, notifications), trust=trust,
     )
+
+
+def klik_reason(task: TaskDefinition, recipients: Sequence[Recipient],
+                notifications: Mapping[str, Notification]) -> str:
+    """Why the KLIK status is what it is: the card's rule (step 3 of "Metode og
+    fremgangsmåde") is that the task may be marked fuldført once the relevant people are
+    oriented, so that is counted per required role, with the evidence."""
+    coverage = [c for c in role_coverage(task, recipients, notifications) if c.required]
+    done = [c for c in coverage if c.oriented]
+    ack_rule = " and acknowledged" if task.require_acknowledgement else ""
+    told = [n for r in recipients if (n := orientation_of(task, r, notifications)) is not None
+            and n.state is NotificationState.SENT]
+    bounced = sum(1 for n in told if n.delivery is DeliveryState.BOUNCED)
+    acks = sum(1 for n in told if n.acknowledged_at is not None)
+    bounce_text = "no bounce" if not bounced else f"{bounced} bounced"
+    if coverage and len(done) == len(coverage):
+        last = max((n.sent_at for n in told if n.sent_at and n.delivery
+                    is not DeliveryState.BOUNCED), default=None)
+        when = f"last accepted {_local(last)}, " if last else ""
+        return (f"all {len(coverage)} required roles oriented{ack_rule} ({when}{bounce_text}); "
+                f"acknowledgements {acks} of {len(told)}")
+    missing = ", ".join(c.role for c in coverage if not c.oriented)
+    if not told:
+        return f"no orientation sent yet; required roles: {missing}"
+    return (f"{len(done)} of {len(coverage)} required roles oriented{ack_rule} ({bounce_text}); "
+            f"still missing: {missing}")
 
 
 def _recipient_row(task: TaskDefinition, r: Recipient,
@@ -128,6 +160,8 @@ def to_json(report: TaskReport) -> dict[str, Any]:
         "organisation": report.organisation,
         "klik_status": klik_label(report.task, report.klik),
         "klik_status_code": report.klik.value,
+        "klik_status_reason": report.klik_reason,
+        "trust": report.trust,
         "recipients": report.recipients,
         "milestones": {k: _milestone_json(report.milestones.get(k)) for k in names},
         "quarantine": len(report.quarantine),
@@ -148,7 +182,8 @@ def _local(dt: datetime) -> str:
 
 def to_text(report: TaskReport) -> str:
     t = report.task
-    lines = [f"{t.title}", f"KLIK status: {klik_label(t, report.klik)}", ""]
+    lines = [f"{t.title}", f"KLIK status: {klik_label(t, report.klik)}"
+             + (f": {report.klik_reason}" if report.klik_reason else ""), ""]
     lines.append("Recipients:")
     if not report.recipients:
         lines.append("  (none yet: mailtracker recipients add …)")
@@ -176,6 +211,8 @@ def to_text(report: TaskReport) -> str:
                      "(mailtracker review)")
     if report.unparseable:
         lines.append(f"Unparseable: {len(report.unparseable)} message(s) could not be read")
+    if report.trust:
+        lines.append(f"Sender authentication: {report.trust}")
     lines += [f"Warning: {w}" for w in report.warnings]
     return "\n".join(lines)
 
