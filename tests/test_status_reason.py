@@ -1,4 +1,4 @@
-"""``status`` says why the KLIK status is what it is, and which sender authentication is in force."""
+"""``status`` says why the KLIK status is what it is, and which sender authentication is used."""
 
 from __future__ import annotations
 
