@@ -268,6 +268,7 @@ def test_mark_records_manual_milestones_only(inbox: Inbox) -> None:
     ms = _milestones(inbox.ws.status())["erp_forwarding_configured"]
     assert ms["source"] == "manual" and ms["recorded_by"] == "Karen"
     assert ms["note"] == "Opsat pr. EAN"
+    assert "(manual: Opsat pr. EAN (by Karen))" in inbox.ws.cli("status").output
     refused = inbox.ws.cli("mark", "service_agreement_received")
     assert refused.exit_code == 9 and "review accept" in refused.output
     unknown = inbox.ws.cli("mark", "no_such_step")

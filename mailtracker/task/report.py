@@ -198,8 +198,7 @@ def to_text(report: TaskReport) -> str:
         rec = report.milestones.get(m.key)
         mark = "✓" if rec else "·"
         when = f"  {_local(rec.at)}" if rec else ""
-        src = f"  ({rec.evidence.source}" + (f": {rec.evidence.subject}" if rec and
-                                              rec.evidence.subject else "") + ")" if rec else ""
+        src = f"  ({_evidence_text(rec)})" if rec else ""
         lines.append(f"  {mark} {m.label_en:<45}{when}{src}")
     if report.timeline:
         lines += ["", "Recent events:"]
@@ -215,6 +214,18 @@ def to_text(report: TaskReport) -> str:
         lines.append(f"Sender authentication: {report.trust}")
     lines += [f"Warning: {w}" for w in report.warnings]
     return "\n".join(lines)
+
+
+def _evidence_text(rec: MilestoneRecord) -> str:
+    """``mail: <subject>``, or for a milestone marked by hand ``manual: <note> (by <who>)``."""
+    ev = rec.evidence
+    text = ev.source
+    detail = ev.subject if ev.source == "mail" else ev.note
+    if detail:
+        text += f": {detail}"
+    if ev.source != "mail" and ev.recorded_by:
+        text += f" (by {ev.recorded_by})"
+    return text
 
 
 def to_markdown(report: TaskReport) -> str:
