@@ -429,9 +429,11 @@ def watch(state: CliState, health_interval: float) -> None:
 @main.command()
 @click.option("--dry-run", is_flag=True,
               help="Show what is due; render, but send and store nothing.")
+@click.option("--preview-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write each mail due as an .eml file here (with --dry-run: only that).")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @pass_state
-def tick(state: CliState, dry_run: bool, as_json: bool) -> None:
+def tick(state: CliState, dry_run: bool, preview_dir: Path | None, as_json: bool) -> None:
     """Send the follow-ups due now: event mail, reminders, escalations.
 
     For cron or a systemd timer; watch does the same after every poll. Safe to run often:
@@ -439,7 +441,7 @@ def tick(state: CliState, dry_run: bool, as_json: bool) -> None:
     """
     from mailtracker.followup.runner import run_tick
 
-    report = _run_async(run_tick(state.app(), dry_run=dry_run))
+    report = _run_async(run_tick(state.app(), dry_run=dry_run, preview_dir=preview_dir))
     if as_json:
         _echo_json(report.to_json())
     else:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
 
 from tests.plugins.smtpd import SmtpTestServer
 from tests.plugins.workspace import THREE, Workspace
@@ -35,3 +38,24 @@ def test_status_names_the_sender_authentication_in_use(
     assert ws.status()["trust"] == ("exchange_online (Exchange Online's verdict, tenant "
                                     "3f1c2a9e-7b4d-4e21-9c5a-0d8e6f4b2a17)")
     assert "Sender authentication: exchange_online" in ws.cli("status").output
+
+
+def test_tick_preview_dir_writes_the_mail_due_and_sends_nothing_on_a_dry_run(
+        smtp_server: SmtpTestServer, make_workspace: Callable[..., Workspace],
+        tmp_path: Path) -> None:
+    ws = make_workspace(smtp=smtp_server)
+    ws.add_recipients(THREE)
+    assert ws.cli("notify", env={"MAILTRACKER_NOW": "2026-03-02T09:00:00+01:00"}).exit_code == 0
+    later = {"MAILTRACKER_NOW": "2026-03-16T10:00:00+01:00"}  # ten working days on
+    preview = tmp_path / "preview"
+    result = ws.cli("tick", "--dry-run", "--preview-dir", str(preview), env=later)
+    assert result.exit_code == 0, result.output
+    files = sorted(preview.glob("*.eml"))
+    assert len(files) == 3 and all(f.name.startswith("reminder-orientation--") for f in files)
+    msg = BytesParser(policy=policy.default).parse(files[0].open("rb"))
+    assert str(msg["Subject"]).startswith("Påmindelse")
+    assert len(smtp_server.messages) == 3, "a dry run sends nothing"
+    sent = ws.cli("tick", "--preview-dir", str(tmp_path / "sent"), env=later)
+    assert sent.exit_code == 0, sent.output
+    assert len(smtp_server.messages) == 6
+    assert len(list((tmp_path / "sent").glob("*.eml"))) == 3

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from mailtracker.app import App
@@ -24,7 +25,7 @@ from mailtracker.errors import (
 from mailtracker.followup.compose import compose
 from mailtracker.followup.schedule import Due, FollowupPlan, Overdue, Scheduled, plan_followups
 from mailtracker.outbound.mailbuild import OutgoingMail
-from mailtracker.outbound.notify import Sleep, deliver, recover_interrupted
+from mailtracker.outbound.notify import Sleep, deliver, recover_interrupted, write_previews
 
 log = logging.getLogger("mailtracker.tick")
 LOCK_WHAT = "'mailtracker notify' or 'tick'"
@@ -108,9 +109,10 @@ class TickReport:
         }
 
 
-async def run_tick(app: App, *, dry_run: bool = False, sleep: Sleep = asyncio.sleep
-                   ) -> TickReport:
-    """Send every follow-up due now (``dry_run``: render only, store and send nothing).
+async def run_tick(app: App, *, dry_run: bool = False, sleep: Sleep = asyncio.sleep,
+                   preview_dir: Path | None = None) -> TickReport:
+    """Send every follow-up due now (``dry_run``: render only, store and send nothing;
+    ``preview_dir``: also write each mail due as an ``.eml`` there, as ``notify`` does).
 
     Raises ``StoreLockedError`` if another ``notify`` or ``tick`` is running, ``ConfigError``
     without ``[smtp]`` when something is due, ``SmtpError`` when the server cannot be used.
@@ -118,11 +120,16 @@ async def run_tick(app: App, *, dry_run: bool = False, sleep: Sleep = asyncio.sl
     """
     if dry_run:
         plan, mails, results = _prepare(app)
-        results += [_result(d, m, "would-send", m.rendered.subject) for d, m in mails]
+        if preview_dir is not None:
+            write_previews(preview_dir, [m for _, m in mails])
+        shown = "previewed" if preview_dir is not None else "would-send"
+        results += [_result(d, m, shown, m.rendered.subject) for d, m in mails]
         return _report(plan, results, dry_run=True)
     with app.store.exclusive("notify", LOCK_WHAT):
         recover_interrupted(app)
         plan, mails, results = _prepare(app)
+        if preview_dir is not None:
+            write_previews(preview_dir, [m for _, m in mails])
         delivered = await deliver(app, [m for _, m in mails], sleep=sleep)
     for (due, mail), outcome in zip(mails, delivered, strict=True):
         results.append(_result(due, mail, outcome.outcome, outcome.detail))

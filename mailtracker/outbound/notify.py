@@ -97,7 +97,7 @@ async def run_notify(app: App, options: NotifyOptions, *, sleep: Sleep = asyncio
     if options.dry_run:
         plan, results = _plan(app, select_recipients(app, options), options, app.now())
         if options.preview_dir is not None:
-            _write_previews(options.preview_dir, plan)
+            write_previews(options.preview_dir, plan)
         outcome = "previewed" if options.preview_dir else "would-send"
         return results + [NotifyResult(m.recipient.email, m.recipient.name, m.recipient.role,
                                        outcome, m.rendered.subject, m.message_id) for m in plan]
@@ -105,7 +105,7 @@ async def run_notify(app: App, options: NotifyOptions, *, sleep: Sleep = asyncio
         recover_interrupted(app)
         plan, results = _plan(app, select_recipients(app, options), options, app.now())
         if options.preview_dir is not None:
-            _write_previews(options.preview_dir, plan)
+            write_previews(options.preview_dir, plan)
         return results + await deliver(app, plan, sleep=sleep)
 
 
@@ -127,7 +127,8 @@ async def deliver(app: App, plan: Sequence[OutgoingMail], *, sleep: Sleep = asyn
     return await _send_all(app, plan, password, sleep)
 
 
-def _write_previews(directory: Path, plan: Sequence[OutgoingMail]) -> None:
+def write_previews(directory: Path, plan: Sequence[OutgoingMail]) -> None:
+    """Each mail of ``plan`` as ``<template>--<address>.eml`` in ``directory``."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for mail in plan:
