@@ -397,9 +397,18 @@ def review_reject(state: CliState, entry_id: str) -> None:
 @pass_state
 def poll(state: CliState, dry_run: bool, as_json: bool) -> None:
     """Read new mail once and move the task forward (one line per change)."""
+    import logging
+
     from mailtracker.inbound.poller import run_poll
 
-    report = run_poll(state.app(), dry_run=dry_run)
+    poll_log = logging.getLogger("mailtracker.poll")
+    level = poll_log.level
+    if not state.debug:  # each change is printed below: once, not also as a log line
+        poll_log.setLevel(logging.WARNING)
+    try:
+        report = run_poll(state.app(), dry_run=dry_run)
+    finally:
+        poll_log.setLevel(level)
     if as_json:
         _echo_json({"folder": report.folder, "uidvalidity": report.uidvalidity,
                     "rescan": report.rescan, "new_messages": report.scanned,

@@ -191,6 +191,12 @@ def test_dry_run_stores_nothing(inbox: Inbox) -> None:
     result = inbox.poll("--dry-run")
     assert "would: milestone reached" in result.output
     assert inbox.ws.store_path.read_bytes() == before
+    changes = [line for line in result.output.splitlines() if "milestone reached" in line]
+    assert changes and all(line.startswith("would: ") for line in changes)
+    assert len(changes) == len(set(changes)), "each change is printed once"
+    real = inbox.poll()
+    lines = [line for line in real.output.splitlines() if "milestone reached" in line]
+    assert len(lines) == len(set(lines)) == len(changes)
 
 
 def test_post_action_moves_applied_mail_to_unicode_folder(inbox: Inbox) -> None:

@@ -294,7 +294,7 @@ def _apply_items(app: App, state: TaskState, items: Iterable[_Item], report: Pol
         apply_to_state(state, effect)
         if effect.summary:
             report.changes.append(effect.summary)
-            log.info("%s", effect.summary)
+            log.info("%s%s", "would: " if txn is None else "", effect.summary)
         if effect.applied:
             applied.append(item.uid)
         if txn is not None:
