@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -94,6 +94,12 @@ def _run_async(coro: Coroutine[Any, Any, T]) -> T:
     import asyncio
 
     return asyncio.run(coro)
+
+
+def _local_time(app: App, at: datetime) -> str:
+    """A moment as people read it: the task's local time, to the minute, with its zone."""
+    local: datetime = at.astimezone(app.task.followups.calendar.tz)
+    return local.strftime("%Y-%m-%d %H:%M %Z")
 
 
 def _echo_json(data: Any) -> None:
@@ -331,7 +337,7 @@ def mark(state: CliState, milestone: str, note: str | None, by: str | None,
         click.echo(f"Removed {milestone}.")
         return
     record = mark_milestone(app.store, app.task, milestone, now=app.now(), note=note, by=by)
-    click.echo(f"Recorded {milestone} at {record.at.isoformat(timespec='seconds')} "
+    click.echo(f"Recorded {milestone} at {_local_time(app, record.at)} "
                f"by {record.evidence.recorded_by}.")
 
 
@@ -350,12 +356,13 @@ def review(ctx: click.Context, as_json: bool, include_decided: bool) -> None:
     if as_json:
         _echo_json([{"id": q.id, "message_id": q.message_id, "from": q.sender,
                      "subject": q.subject, "reason": q.reason, "milestone": q.milestone,
-                     "received_at": q.at.isoformat(), "state": q.state} for q in entries])
+                     "received_at": q.at.isoformat(timespec="seconds"), "state": q.state}
+                    for q in entries])
         return
     if not entries:
         click.echo("Nothing in quarantine.")
     for q in entries:
-        click.echo(f"{q.id}  {q.at.isoformat(timespec='minutes')}  {q.sender}\n"
+        click.echo(f"{q.id}  {_local_time(app, q.at)}  {q.sender}\n"
                    f"    Subject: {q.subject}\n    Would set: {q.milestone}\n"
                    f"    Why quarantined: {q.reason}" + (f"\n    State: {q.state}"
                                                         if q.state != "pending" else ""))
@@ -450,11 +457,12 @@ def tick(state: CliState, dry_run: bool, preview_dir: Path | None, as_json: bool
     """
     from mailtracker.followup.runner import run_tick
 
-    report = _run_async(run_tick(state.app(), dry_run=dry_run, preview_dir=preview_dir))
+    app = state.app()
+    report = _run_async(run_tick(app, dry_run=dry_run, preview_dir=preview_dir))
     if as_json:
         _echo_json(report.to_json())
     else:
-        for line in report.lines():
+        for line in report.lines(app.task.followups.calendar.tz):
             click.echo(line)
     report.raise_for_problems()
 

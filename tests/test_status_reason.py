@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from email import policy
@@ -59,3 +60,19 @@ def test_tick_preview_dir_writes_the_mail_due_and_sends_nothing_on_a_dry_run(
     assert sent.exit_code == 0, sent.output
     assert len(smtp_server.messages) == 6
     assert len(list((tmp_path / "sent").glob("*.eml"))) == 3
+
+
+def test_people_see_local_time_and_the_mail_is_dated_in_it(
+        smtp_server: SmtpTestServer, make_workspace: Callable[..., Workspace]) -> None:
+    ws = make_workspace(smtp=smtp_server)
+    ws.add_recipients(THREE)
+    winter = {"MAILTRACKER_NOW": "2026-03-02T08:00:00+00:00"}
+    assert ws.cli("notify", env=winter).exit_code == 0
+    date = str(smtp_server.messages[0].message["Date"])
+    assert date.startswith("Mon, 02 Mar 2026 09:00:") and date.endswith("+0100"), date
+    marked = ws.cli("mark", "webinar_held", "--by", "Karen", env=winter)
+    assert "at 2026-03-02 09:00 CET by Karen" in marked.output, marked.output
+    due = ws.cli("tick", "--dry-run", "--json", env=winter)
+    assert re.search(r'"next_due_at": "2026-03-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"', due.output)
+    now = json.loads(due.output)["now"]
+    assert now.startswith("2026-03-02T08:00:0") and "." not in now  # no microseconds

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +74,8 @@ class TickReport:
             raise DeliveryFailedError(f"{len(self.problems)} follow-up(s) not delivered (see "
                                       "above; 'mailtracker status' shows the details)")
 
-    def lines(self) -> list[str]:
-        """Human-readable lines: one per mail, then a summary."""
+    def lines(self, tz: tzinfo | None = None) -> list[str]:
+        """Human-readable lines: one per mail, then a summary; times in ``tz`` (local)."""
         out = [f"{r.outcome:<14} {r.kind:<10} {r.key:<40} {r.recipient}"
                + (f": {r.detail}" if r.detail else "") for r in self.results]
         if self.skipped:
@@ -83,30 +83,36 @@ class TickReport:
         if self.error:
             out.append(f"error: {self.error}")
         for o in self.overdue:
-            out.append(f"overdue: {o.milestone} (deadline {o.deadline.isoformat()})")
+            out.append(f"overdue: {o.milestone} (deadline {_people_time(o.deadline, tz)})")
         summary = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
         out.append(summary or "Nothing due.")
         nxt = self.next_due_at
         if nxt is not None:
-            out.append(f"Next follow-up due: {nxt.isoformat()}")
+            out.append(f"Next follow-up due: {_people_time(nxt, tz)}")
         return out
 
     def to_json(self) -> dict[str, Any]:
         """The ``tick --json`` document."""
         return {
-            "now": self.now.isoformat(),
+            "now": self.now.isoformat(timespec="seconds"),
             "dry_run": self.dry_run,
             "results": [r.__dict__ for r in self.results],
             "counts": self.counts,
             "scheduled": [{"kind": s.kind.value, "key": s.key, "recipient": s.recipient,
-                           "due_at": s.due_at.isoformat(), "reason": s.reason}
+                           "due_at": s.due_at.isoformat(timespec="seconds"), "reason": s.reason}
                           for s in self.scheduled],
-            "overdue": [{"milestone": o.milestone, "deadline": o.deadline.isoformat(),
+            "overdue": [{"milestone": o.milestone,
+                         "deadline": o.deadline.isoformat(timespec="seconds"),
                          "escalated_to": list(o.escalated_to)} for o in self.overdue],
-            "next_due_at": self.next_due_at.isoformat() if self.next_due_at else None,
+            "next_due_at": (self.next_due_at.isoformat(timespec="seconds")
+                            if self.next_due_at else None),
             "skipped": self.skipped,
             "error": self.error,
         }
+
+
+def _people_time(at: datetime, tz: tzinfo | None) -> str:
+    return at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
 
 
 async def run_tick(app: App, *, dry_run: bool = False, sleep: Sleep = asyncio.sleep,

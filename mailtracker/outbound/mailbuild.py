@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -25,13 +25,17 @@ class OutgoingMail:
     sender_name: str
     sender_address: str
     attachments: tuple[tuple[str, str, bytes], ...] = ()  # (filename, MIME type, content)
+    timezone: tzinfo | None = None  # the Date header's zone: the task's local time
 
     @property
     def message_id(self) -> str:
         return self.notification.message_id
 
     def message_for_attempt(self, now: datetime) -> EmailMessage:
-        """The message with a fresh Date; the Message-ID is the persisted one."""
+        """The message with a fresh Date (local time, with its offset); the Message-ID is the
+        persisted one."""
+        if self.timezone is not None:
+            now = now.astimezone(self.timezone)
         return build_email(self.rendered, sender_name=self.sender_name,
                            sender_address=self.sender_address, to_name=self.recipient.name,
                            to_address=self.recipient.email, message_id=self.message_id, date=now,
@@ -130,4 +134,4 @@ def build_outgoing(app: App, recipient: Recipient, template: str,
     else:  # pending from an earlier run (e.g. deferred): reuse its Message-ID
         notification = existing.with_(subject=rendered.subject, updated_at=now)
     return OutgoingMail(recipient, template, notification, rendered, sender_name,
-                        sender_address, tuple(attachments))
+                        sender_address, tuple(attachments), app.task.followups.calendar.tz)
