@@ -120,3 +120,29 @@ def test_watch_survives_a_silently_dead_link(
     watch.wait_for(lambda: "guide_received" in watch.milestones(), "milestone after restore",
                    timeout=60)
     assert watch.stop() == 0
+
+
+@pytest.mark.parametrize("fault, expected, code", [
+    ("password", "login as", 13),
+    ("folder", "Indbakke-der-ikke-findes", 7),
+    ("tls-port", "TLS failed while", 7),
+])
+def test_watch_stops_at_start_on_misconfiguration_with_checks_advice(
+        dovecot: Any, make_workspace: Callable[..., Workspace], fault: str,
+        expected: str, code: int) -> None:
+    user, password = dovecot.add_user()
+    ws = make_workspace(imap=(dovecot, user, password))
+    if fault == "password":
+        ws.environ["MT_TEST_IMAP_PASSWORD"] = "wrong"
+    elif fault == "folder":
+        ws.set("imap", folder="Indbakke-der-ikke-findes")
+    else:  # implicit TLS spoken to the plain STARTTLS port
+        ws.set("imap", port=dovecot.port_starttls)
+    env = {**os.environ, **ws.environ}
+    done = subprocess.run([sys.executable, "-m", "mailtracker", "--config", str(ws.config_path),
+                           "watch"], capture_output=True, text=True, env=env, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == code, done.stderr
+    assert "watch cannot start" in done.stderr and "mailtracker check" in done.stderr
+    assert expected in done.stderr
+    assert "reconnecting in" not in done.stderr

@@ -22,6 +22,7 @@ from mailtracker.errors import (
     ImapAuthError,
     ImapError,
     ImapFolderError,
+    ImapTlsError,
     OAuth2Error,
     OAuth2UnavailableError,
     StoreError,
@@ -98,8 +99,10 @@ def run_watch(connect: Callable[[], Mailbox], poll: Callable[[Mailbox], PollSumm
     """Loop until stopped. ``connect`` opens and selects; ``poll`` processes one pass;
     ``after_poll`` (the follow-up scheduler) runs after each successful poll.
 
-    Login refusals and a missing folder are not retried forever in silence: they are logged
-    as errors and retried at the slowest backoff, since a password change by IT is a
+    A refused login, a missing folder or a TLS failure (untrusted certificate, wrong port for
+    the TLS mode) before the first poll is configuration: it is raised, so ``watch`` stops
+    with ``check``'s advice instead of retrying forever. Once watch has worked, they are
+    logged as errors and retried at the slowest backoff, since a password change by IT is a
     normal reason for them to start working again.
     """
     state = _StopState(event=stop or threading.Event())
@@ -134,10 +137,14 @@ def run_watch(connect: Callable[[], Mailbox], poll: Callable[[Mailbox], PollSumm
                             1.0, next_health - time.monotonic())))
             except StopRequested:
                 pass
-            except (ImapAuthError, ImapFolderError, OAuth2Error) as exc:
+            except (ImapAuthError, ImapFolderError, ImapTlsError, OAuth2Error) as exc:
                 if isinstance(exc, OAuth2UnavailableError):  # the IdP is down: a lost link
                     backoff = _link_lost(state, stats, exc, backoff, max_backoff)
                     continue
+                if stats.polls == 0:  # never worked: configuration, which no retry mends
+                    log.error("watch cannot start: %s. Retrying will not help: run "
+                              "'mailtracker check' to see what to fix", str(exc).rstrip(". "))
+                    raise
                 stats.last_error = str(exc)
                 log.error("%s; retrying in %.0f s", exc, max_backoff)
                 backoff = max_backoff
