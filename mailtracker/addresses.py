@@ -43,8 +43,18 @@ def check_display_name(name: str) -> str:
     return name
 
 
+# Words that make a name a department or a shared mailbox, not a person: such a name is used
+# whole in the greeting ("Kære Økonomi, Fælles"), never cut to a "first name".
+_UNIT_WORDS = ("økonomi", "afdeling", "fælles", "team", "kontor", "center", "sekretariat",
+               "postkasse", "indkøb", "regnskab", "bogholderi", "service", "support",
+               "finance", "department", "shared", "mailbox")
+
+
 def first_name(name: str) -> str:
-    """``'Hansen, Bjørn'`` → ``'Bjørn'``; ``'Søren Ærø-Åse'`` → ``'Søren'``."""
+    """Whom the greeting names: ``'Hansen, Bjørn'`` → ``'Bjørn'``; ``'Søren Ærø-Åse'`` →
+    ``'Søren'``; a department or shared mailbox (``'Økonomi, Fælles'``) keeps its whole name."""
+    if any(word in name.lower() for word in _UNIT_WORDS):
+        return name
     if "," in name:
         after = name.split(",", 1)[1].strip()
         if after:

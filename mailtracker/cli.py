@@ -190,16 +190,20 @@ def recipients() -> None:
 @click.option("--email", required=True, help="E-mail address.")
 @click.option("--lang", type=click.Choice(["da", "en"]), default=None,
               help="Language of their mail [default: task.language].")
+@click.option("--greeting", default=None,
+              help='Whom "Kære …" names, e.g. "alle i Økonomi" for a shared mailbox '
+                   "[default: the first name; a department's whole name].")
 @click.option("--replace", is_flag=True, help="Update an existing recipient.")
 @pass_state
 def recipients_add(state: CliState, role: str, name: str, email: str, lang: str | None,
-                   replace: bool) -> None:
+                   greeting: str | None, replace: bool) -> None:
     """Add a recipient."""
     from mailtracker.recipients import add_recipient, validate_recipient
 
     app = state.app()
     recipient = validate_recipient(app.task, role=role, name=name, email=email,
-                                   lang=lang or app.settings.language, now=app.now())
+                                   lang=lang or app.settings.language, now=app.now(),
+                                   greeting=greeting)
     new = add_recipient(app.store, recipient, replace=replace)
     click.echo(f"{'Added' if new else 'Updated'} {recipient.name} <{recipient.email}> as "
                f"{recipient.role} ({recipient.lang}).")
@@ -214,8 +218,8 @@ def recipients_list(state: CliState, as_json: bool) -> None:
 
     items = list_recipients(state.app().store)
     if as_json:
-        _echo_json([{"email": r.email, "name": r.name, "role": r.role, "lang": r.lang}
-                    for r in items])
+        _echo_json([{"email": r.email, "name": r.name, "role": r.role, "lang": r.lang,
+                     "greeting": r.greeting} for r in items])
         return
     if not items:
         click.echo("No recipients yet. Add one with: mailtracker recipients add --role … "

@@ -36,6 +36,7 @@ class Recipient:
     role: str
     lang: str = "da"
     added_at: datetime | None = None
+    greeting: str | None = None  # whom "Kære …" names; None: worked out from the name
 
     @property
     def key(self) -> str:

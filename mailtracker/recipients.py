@@ -14,7 +14,7 @@ LANGUAGES = ("da", "en")
 
 
 def validate_recipient(task: TaskDefinition, *, role: str, name: str, email: str,
-                       lang: str, now: datetime) -> Recipient:
+                       lang: str, now: datetime, greeting: str | None = None) -> Recipient:
     """A valid ``Recipient`` or ``InvalidInputError`` saying what is wrong (pure)."""
     if task.role(role) is None:
         known = ", ".join(r.key for r in task.roles)
@@ -29,7 +29,14 @@ def validate_recipient(task: TaskDefinition, *, role: str, name: str, email: str
         raise InvalidInputError(str(exc)) from None
     if lang not in LANGUAGES:
         raise InvalidInputError(f"unknown language {lang!r} (use da or en)")
-    return Recipient(email=clean_email, name=clean_name, role=role, lang=lang, added_at=now)
+    clean_greeting = None
+    if greeting is not None:
+        try:
+            clean_greeting = check_display_name(greeting)
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid greeting: {exc}") from None
+    return Recipient(email=clean_email, name=clean_name, role=role, lang=lang, added_at=now,
+                     greeting=clean_greeting)
 
 
 def add_recipient(store: Store, recipient: Recipient, *, replace: bool = False) -> bool:

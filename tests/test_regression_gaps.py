@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
 from typing import Any
 
 from mailtracker.inbound.judge.classify import Kind
@@ -82,3 +85,33 @@ def test_a_reminder_due_in_easter_waits_for_the_next_working_day(
                  env={"MAILTRACKER_NOW": "2026-04-07T11:00:00+02:00"})
     results = json.loads(due.output)["results"]
     assert results and {r["kind"] for r in results} == {"reminder"}
+
+
+def test_a_department_is_greeted_by_its_name_or_by_the_given_greeting(
+        make_workspace: Callable[..., Workspace], tmp_path: Path) -> None:
+    ws = make_workspace()
+    people = [("finance", "Økonomi, Fælles", "oekonomi@kommune.example", []),
+              ("agreement_admin", "Hansen, Bjørn", "bjoern@kommune.example", []),
+              ("system_owner", "IT-drift", "it@kommune.example",
+               ["--greeting", "alle i IT-drift"])]
+    for role, name, email, extra in people:
+        added = ws.cli("recipients", "add", "--role", role, "--name", name, "--email", email,
+                       *extra)
+        assert added.exit_code == 0, added.output
+    preview = tmp_path / "preview"
+    assert ws.cli("notify", "--dry-run", "--preview-dir", str(preview)).exit_code == 0
+    greetings = {}
+    for path in preview.glob("*.eml"):
+        msg = BytesParser(policy=policy.default).parse(path.open("rb"))
+        text = msg.get_body(preferencelist=("plain",))
+        assert text is not None
+        greetings[str(msg["To"])] = text.get_content().splitlines()[0]
+    by_address = {k.rpartition("<")[2].rstrip(">"): v for k, v in greetings.items()}
+    assert by_address["oekonomi@kommune.example"] == "Kære Økonomi, Fælles"
+    assert by_address["bjoern@kommune.example"] == "Kære Bjørn"
+    assert by_address["it@kommune.example"] == "Kære alle i IT-drift"
+    listed = json.loads(ws.cli("recipients", "list", "--json").stdout)
+    assert {r["email"]: r["greeting"] for r in listed}["it@kommune.example"] == "alle i IT-drift"
+    bad = ws.cli("recipients", "add", "--role", "finance", "--name", "X", "--email",
+                 "x@kommune.example", "--greeting", "a\nb")
+    assert bad.exit_code == 9 and "invalid greeting" in bad.output

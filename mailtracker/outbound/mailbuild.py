@@ -92,6 +92,7 @@ def orientation_context(app: App, recipient: Recipient,
     smtp = app.settings.smtp
     context = render_context(
         recipient_name=recipient.name, recipient_email=recipient.email, role=recipient.role,
+        greeting=recipient.greeting,
         role_label=roster.label(recipient, recipient.lang), lang=recipient.lang,
         organisation=app.settings.organisation,
         sender_name=smtp.from_name if smtp else app.settings.organisation,

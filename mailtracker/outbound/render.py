@@ -116,7 +116,8 @@ def orientation_context(*, recipient_name: str, recipient_email: str, role: str,
                         role_label: str, lang: str, organisation: str, sender_name: str,
                         sender_email: str, task_title: str, kp_owner_name: str | None = None,
                         kp_owner_email: str | None = None,
-                        recipients: Sequence[tuple[str, str, str]] = ()) -> dict[str, object]:
+                        recipients: Sequence[tuple[str, str, str]] = (),
+                        greeting: str | None = None) -> dict[str, object]:
     """The context the orientation templates expect (see the module docstring).
 
     ``recipients`` lists ``(name, email, role_label)`` of the people oriented, for the KP
@@ -125,7 +126,7 @@ def orientation_context(*, recipient_name: str, recipient_email: str, role: str,
     return {
         "recipient_name": recipient_name,
         "recipient_email": recipient_email,
-        "first_name": _first_name(recipient_name),
+        "first_name": greeting or _first_name(recipient_name),
         "role": role,
         "role_label": role_label,
         "lang": lang,
