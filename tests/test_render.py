@@ -165,7 +165,10 @@ def test_delivered_orientation_reads_correctly(role: str, lang: str) -> None:
     for body in (text, html):
         assert f"{GREETING[lang]} Søren" in body
         assert SIGN_OFF[lang] in body
-        assert "Birgitte Kjær" in body and "Ærø Kommune" in body
+        # a person signs: the KP system owner, with title and municipality, once
+        title = "KP-systemansvarlig" if lang == "da" else "KP system owner"
+        assert "Kåre Lønborg" in body and f"{title}, Ærø Kommune" in body
+        assert body.count("Ærø Kommune") >= 1
         # the role as the footer names it, in running text (no capital, no »«)
         assert LABELS[lang][role].lower() in body.lower()
         assert "»" + LABELS[lang][role] not in body
@@ -678,3 +681,29 @@ def test_long_and_odd_names_are_folded_and_decode_to_the_name(to_name: str) -> N
         assert str(make_header(decode_header(phrase))) == to_name
     else:
         assert to.display_name == to_name
+
+
+def test_the_signature_never_names_the_municipality_twice() -> None:
+    ctx = orientation_context(
+        recipient_name="Søren Ærø-Åse", recipient_email="soeren@aeroe.dk",
+        role="system_owner", role_label=LABELS["da"]["system_owner"], lang="da",
+        organisation="Ærø Kommune", sender_name="KP-systemansvarlig, Ærø Kommune",
+        sender_email="kp@aeroe.dk", task_title=TITLE["da"])
+    text = render(template_root(), TASK, "da", "orientation-system_owner", ctx).text
+    signature = text.split("Med venlig hilsen\n", 1)[1].split("\n\n", 1)[0]
+    assert signature.splitlines() == ["KP-systemansvarlig, Ærø Kommune", "kp@aeroe.dk"]
+    owner = render(template_root(), TASK, "da", "orientation-system_owner",
+                   context("system_owner", "da")).text
+    signed = owner.split("Med venlig hilsen\n", 1)[1].split("\n\n", 1)[0]
+    assert signed.splitlines() == ["Kåre Lønborg", "KP-systemansvarlig, Ærø Kommune",
+                                   "bkj@aeroe.dk"]
+
+
+def test_role_labels_read_right_inside_a_sentence() -> None:
+    from mailtracker.outbound.render import role_in_text
+
+    assert role_in_text("Aftaleadministrator") == "aftaleadministrator"
+    assert role_in_text("Systemansvarlig for kommunens bogføringssystem") == (
+        "systemansvarlig for kommunens bogføringssystem")
+    assert role_in_text("ØiR-koordinator") == "ØiR-koordinator"
+    assert role_in_text("KP-systemansvarlig") == "KP-systemansvarlig"

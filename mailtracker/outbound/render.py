@@ -17,9 +17,12 @@ Context variables of the orientation templates (``orientation_context`` builds t
 ``recipient_email`` the recipient's address
 ``first_name``      for the greeting: ``Hansen, Bjørn`` → ``Bjørn``
 ``role``            role key, e.g. ``system_owner``
+``role_in_text``    the label as it reads in a sentence (small first letter unless an acronym)
 ``role_label``      the role's label in the mail's language
 ``organisation``    the municipality, used in the text and the sign-off
-``sender_name``     who signs the mail
+``sender_name``     the configured sender (``[smtp] from_name``)
+``signer_name``     who signs: the KP system owner when registered, else ``sender_name``
+``signer_line``     the signer's title and organisation, or '' (never the organisation twice)
 ``sender_email``    the sender's address (shown under the sign-off)
 ``task_title``      the KLIK task title in the mail's language
 ``kp_owner_name``   the KP system owner to ask questions, or ``None``
@@ -112,6 +115,18 @@ def render(templates_root: Path, task: str, lang: str, template: str,
     return RenderedMail(subject=subject, text=text, html=html)
 
 
+def role_in_text(label: str) -> str:
+    """A role label as it reads inside a sentence: "Aftaleadministrator" → "aftaleadministrator",
+    but "ØiR-koordinator" and "KP-systemansvarlig" keep their capitals."""
+    first = re.split(r"[\s-]", label, maxsplit=1)[0]
+    if first[1:] != first[1:].lower():
+        return label
+    return label[:1].lower() + label[1:]
+
+
+_KP_OWNER_TITLE = {"da": "KP-systemansvarlig", "en": "KP system owner"}
+
+
 def orientation_context(*, recipient_name: str, recipient_email: str, role: str,
                         role_label: str, lang: str, organisation: str, sender_name: str,
                         sender_email: str, task_title: str, kp_owner_name: str | None = None,
@@ -127,8 +142,14 @@ def orientation_context(*, recipient_name: str, recipient_email: str, role: str,
         "recipient_name": recipient_name,
         "recipient_email": recipient_email,
         "first_name": greeting or _first_name(recipient_name),
+        # A person signs: the KP system owner when registered, else the configured sender.
+        "signer_name": kp_owner_name or sender_name,
+        "signer_line": (f"{_KP_OWNER_TITLE.get(lang, _KP_OWNER_TITLE['en'])}, {organisation}"
+                        if kp_owner_name else
+                        "" if organisation.lower() in sender_name.lower() else organisation),
         "role": role,
         "role_label": role_label,
+        "role_in_text": role_in_text(role_label),
         "lang": lang,
         "organisation": organisation,
         "sender_name": sender_name,
