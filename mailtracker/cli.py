@@ -249,8 +249,25 @@ def forget(state: CliState, email: str, yes: bool) -> None:
 
     if not yes:
         click.confirm(f"Remove everything stored about {email}?", abort=True)
-    count = forget_person(state.app().store, email)
+    app = state.app()
+    before = _klik(app)
+    count = forget_person(app.store, email)
     click.echo(f"Removed {count} record(s) about {email}.")
+    after = _klik(app)
+    if after != before:
+        click.echo(f"Note: the KLIK status is now »{after}«, no longer »{before}«: the person "
+                   "forgotten was the one oriented for a required role. The orientation did "
+                   "happen; if the KLIK task is already marked fuldført, leave it so, and add "
+                   "whoever now holds the role with 'mailtracker recipients add'.", err=True)
+
+
+def _klik(app: App) -> str:
+    """The task's KLIK status label as ``status`` shows it."""
+    from mailtracker.task.state import klik_label, klik_status
+
+    view = app.store.snapshot()
+    notifications = {n.key: n for n in view.notifications(app.task.key)}
+    return klik_label(app.task, klik_status(app.task, view.recipients(), notifications))
 
 
 # --------------------------------------------------------------------------- notify

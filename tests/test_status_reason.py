@@ -76,3 +76,20 @@ def test_people_see_local_time_and_the_mail_is_dated_in_it(
     assert re.search(r'"next_due_at": "2026-03-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"', due.output)
     now = json.loads(due.output)["now"]
     assert now.startswith("2026-03-02T08:00:0") and "." not in now  # no microseconds
+
+
+def test_forget_says_when_it_changes_the_klik_status(
+        smtp_server: SmtpTestServer, make_workspace: Callable[..., Workspace]) -> None:
+    ws = make_workspace(smtp=smtp_server)
+    ws.add_recipients(THREE)
+    assert ws.cli("notify").exit_code == 0
+    assert ws.status()["klik_status"] == "fuldført"
+    email = THREE[0][2]
+    result = ws.cli("forget", email, "--yes")
+    assert result.exit_code == 0, result.output
+    assert "the KLIK status is now »i gang«, no longer »fuldført«" in result.output
+    quiet = ws.cli("recipients", "add", "--role", THREE[0][0], "--name", "Ny Person",
+                   "--email", "ny@kommune.example")
+    assert quiet.exit_code == 0
+    other = ws.cli("forget", "ny@kommune.example", "--yes")
+    assert other.exit_code == 0 and "KLIK status" not in other.output
