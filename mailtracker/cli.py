@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from mailtracker import __version__
-from mailtracker.errors import ExitStatus, MailtrackerError
+from mailtracker.errors import ExitStatus, MailServerError, MailtrackerError, with_advice
 
 if TYPE_CHECKING:
     from mailtracker.app import App
@@ -74,7 +74,8 @@ class MailtrackerGroup(click.Group):
         except MailtrackerError as exc:
             if debug:  # the traceback as well, and still the named exit code
                 traceback.print_exc(file=sys.stderr)
-            _fail(str(exc), int(exc.exit_status))
+            message = with_advice(exc) if isinstance(exc, MailServerError) else str(exc)
+            _fail(message, int(exc.exit_status))
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(int(ExitStatus.INTERRUPTED))

@@ -189,3 +189,34 @@ class DemoFailedError(MailtrackerError):
     """The demo did not reach the expected final state."""
 
     exit_status = ExitStatus.DEMO_FAILED
+
+
+# Likely causes of the commonest connection failures, by what the error text says; the first
+# match names the cause. Kept here, beside the errors, so every command words them the same.
+_CAUSES = (
+    (("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure"),
+     "the port does not speak the TLS mode configured: use 993 (IMAP) or 465 (SMTP) with "
+     'tls = "implicit", 143 (IMAP) or 587 (SMTP) with tls = "starttls"'),
+    (("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "self-signed",
+      "unable to get local issuer"),
+     "the server's certificate is not trusted: fix the certificate, or set ca_file to the CA "
+     "that signed it"),
+    (("Connect call failed", "Connection refused", "ECONNREFUSED"),
+     "nothing accepts connections there: check host and port, or whether the server is up"),
+    (("Name or service not known", "nodename nor servname", "getaddrinfo failed"),
+     "the host name does not resolve: check host"),
+    (("timed out", "no answer within"),
+     "no answer in time: a firewall, a wrong port or a dead link"),
+)
+
+
+def with_advice(exc: MailServerError) -> str:
+    """The error's message, ending with its likely cause (when recognised) and what to run."""
+    text = str(exc)
+    cause = next((why for needles, why in _CAUSES
+                  if any(n.lower() in text.lower() for n in needles)), None)
+    if cause:
+        text += f". Likely cause: {cause}"
+    if "mailtracker check" not in text:
+        text += ". Run 'mailtracker check' to see what to fix"
+    return text

@@ -115,3 +115,36 @@ def test_a_department_is_greeted_by_its_name_or_by_the_given_greeting(
     bad = ws.cli("recipients", "add", "--role", "finance", "--name", "X", "--email",
                  "x@kommune.example", "--greeting", "a\nb")
     assert bad.exit_code == 9 and "invalid greeting" in bad.output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_connection_errors_name_the_likely_cause_and_point_to_check(
+        dovecot: Any, smtp_server: SmtpTestServer,
+        make_workspace: Callable[..., Workspace], tmp_path: Path) -> None:
+    import trustme
+
+    user, password = dovecot.add_user()
+    ws = make_workspace(smtp=smtp_server, imap=(dovecot, user, password))
+    ws.add_recipients(THREE)
+    ws.set("smtp", port=_free_port())  # nothing listens there
+    refused = ws.cli("notify")
+    assert refused.exit_code in (6, 11), refused.output
+    assert "Likely cause: nothing accepts connections there" in refused.output
+    assert "Run 'mailtracker check' to see what to fix" in refused.output
+    ws.set("imap", port=dovecot.port_starttls)  # implicit TLS spoken to a plain port
+    wrong_port = ws.cli("poll")
+    assert wrong_port.exit_code == 7, wrong_port.output
+    assert "Likely cause: the port does not speak the TLS mode configured" in wrong_port.output
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    ws.set("imap", port=dovecot.port_tls, ca_file=str(other_ca))
+    untrusted = ws.cli("poll")
+    assert untrusted.exit_code == 7, untrusted.output
+    assert "Likely cause: the server's certificate is not trusted" in untrusted.output
