@@ -27,8 +27,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
-from imapclient.imapclient import join_message_ids
-from imapclient.response_parser import parse_fetch_response
 
 from mailtracker.errors import (
     ImapAuthError,
@@ -37,7 +35,6 @@ from mailtracker.errors import (
     ImapTimeoutError,
     ImapTlsError,
 )
-from mailtracker.inbound.fetchparse import header_blocks
 from mailtracker.settings.config import ImapSettings
 
 if TYPE_CHECKING:
@@ -344,7 +341,8 @@ class ImapMailbox:
         for start in range(0, len(ordered), max(1, batch)):
             chunk = ordered[start:start + max(1, batch)]
             if lean:
-                blocks = self._run("fetching headers", self._header_blocks, chunk)
+                blocks = _item_bytes(self._run("fetching headers", self._client.fetch, chunk,
+                                               _LEAN_HEADER_ITEMS), b"BODY[HEADER]")
                 for uid in chunk:
                     if uid in blocks:
                         yield HeaderInfo(uid, 0, (), blocks[uid], None)
@@ -361,25 +359,6 @@ class ImapMailbox:
                     header_bytes=bytes(item[b"BODY[HEADER]"] or b""),
                     internaldate=item.get(b"INTERNALDATE"),
                 )
-
-    def _header_blocks(self, uids: Sequence[int]) -> dict[int, bytes]:
-        """``UID FETCH uids (BODY.PEEK[HEADER])``: what imapclient's ``fetch`` sends and
-        checks, with the answer read by :func:`fetchparse.header_blocks` when it has the
-        usual shape (most of a big scan's time was imapclient's parser), else by
-        imapclient's own parser."""
-        client = self._client
-        imap = getattr(client, "_imap", None)
-        if imap is None or not getattr(client, "use_uid", False):
-            return _item_bytes(client.fetch(uids, _LEAN_HEADER_ITEMS), b"BODY[HEADER]")
-        tag = imap._command("UID", "FETCH", join_message_ids(uids), "(BODY.PEEK[HEADER])")
-        typ, raw = imap._command_complete("FETCH", tag)
-        client._checkok("fetch", typ, raw)
-        typ, raw = imap._untagged_response(typ, raw, "FETCH")
-        blocks = header_blocks(raw)
-        if blocks is not None:
-            return blocks
-        return _item_bytes(parse_fetch_response(raw, client.normalise_times, True),
-                           b"BODY[HEADER]")
 
     def sizes_and_dates(self, uids: Sequence[int]
                         ) -> dict[int, tuple[int, datetime | None]]:
