@@ -168,3 +168,30 @@ class WorkCalendar:
         for _ in range(days):
             d = self.next_working_day(d)
         return self._at(d, begin.time().replace(tzinfo=None))
+
+
+_DA_DAYS = ("mandag", "tirsdag", "onsdag", "torsdag", "fredag", "lørdag", "søndag")
+_DA_MONTHS = ("januar", "februar", "marts", "april", "maj", "juni", "juli", "august",
+              "september", "oktober", "november", "december")
+_EN_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_EN_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
+              "September", "October", "November", "December")
+
+
+def format_date(at: datetime, lang: str, tz: ZoneInfo) -> str:
+    """``onsdag den 15. april 2026`` / ``Wednesday 15 April 2026`` in ``tz``."""
+    local = at.astimezone(tz)
+    if lang == "da":
+        return (f"{_DA_DAYS[local.weekday()]} den {local.day}. "
+                f"{_DA_MONTHS[local.month - 1]} {local.year}")
+    return f"{_EN_DAYS[local.weekday()]} {local.day} {_EN_MONTHS[local.month - 1]} {local.year}"
+
+
+def format_time(at: datetime, lang: str, tz: ZoneInfo) -> str:
+    """``10.00`` (Danish usage) / ``10:00``."""
+    return at.astimezone(tz).strftime("%H.%M" if lang == "da" else "%H:%M")
+
+
+def format_datetime(at: datetime, lang: str, tz: ZoneInfo) -> str:
+    joiner = " kl. " if lang == "da" else " at "
+    return format_date(at, lang, tz) + joiner + format_time(at, lang, tz)

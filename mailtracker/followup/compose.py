@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from mailtracker.app import App
+from mailtracker.followup.calendar import format_date, format_datetime, format_time
 from mailtracker.followup.definition import ORIENTATION, EscalationDef
 from mailtracker.followup.ics import Person, WebinarEntry, fallback_uid, webinar_ics
 from mailtracker.followup.schedule import (
@@ -53,38 +54,19 @@ from mailtracker.models import (
     Recipient,
     notification_key,
 )
-from mailtracker.outbound.mailbuild import OutgoingMail, build_outgoing, orientation_context
+from mailtracker.outbound.mailbuild import (
+    OutgoingMail,
+    Roster,
+    build_outgoing,
+    orientation_context,
+)
+from mailtracker.task.state import reached_milestones
 
-_DA_DAYS = ("mandag", "tirsdag", "onsdag", "torsdag", "fredag", "lørdag", "søndag")
-_DA_MONTHS = ("januar", "februar", "marts", "april", "maj", "juni", "juli", "august",
-              "september", "oktober", "november", "december")
-_EN_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_EN_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
-              "September", "October", "November", "December")
 _SUBJECT_PREFIX = re.compile(r"^(?:(?:opdateret |updated )?invitation|aflyst|annulleret|"
                              r"cancell?ed|canceled|vs|fw|fwd)\s*:\s*", re.I)
 
 
-def format_date(at: datetime, lang: str, tz: ZoneInfo) -> str:
-    """``onsdag den 15. april 2026`` / ``Wednesday 15 April 2026`` in ``tz``."""
-    local = at.astimezone(tz)
-    if lang == "da":
-        return (f"{_DA_DAYS[local.weekday()]} den {local.day}. "
-                f"{_DA_MONTHS[local.month - 1]} {local.year}")
-    return f"{_EN_DAYS[local.weekday()]} {local.day} {_EN_MONTHS[local.month - 1]} {local.year}"
-
-
-def format_time(at: datetime, lang: str, tz: ZoneInfo) -> str:
-    """``10.00`` (Danish usage) / ``10:00``."""
-    return at.astimezone(tz).strftime("%H.%M" if lang == "da" else "%H:%M")
-
-
-def format_datetime(at: datetime, lang: str, tz: ZoneInfo) -> str:
-    joiner = " kl. " if lang == "da" else " at "
-    return format_date(at, lang, tz) + joiner + format_time(at, lang, tz)
-
-
-def compose(app: App, due: Due, *, everyone: Sequence[Recipient],
+def compose(app: App, due: Due, *, everyone: Sequence[Recipient] | Roster,
             notifications: Mapping[str, Notification],
             milestones: Mapping[str, MilestoneRecord], now: datetime) -> OutgoingMail:
     """The mail for ``due``, paired with its outbox document (keyed by ``due.key``).
@@ -94,12 +76,14 @@ def compose(app: App, due: Due, *, everyone: Sequence[Recipient],
     """
     r = due.recipient
     existing = notifications.get(notification_key(app.task.key, r.key, due.key))
-    context = orientation_context(app, r, everyone)
+    roster = everyone if isinstance(everyone, Roster) else Roster(
+        app, everyone, reached_milestones(milestones, now))
+    context = orientation_context(app, r, roster)
     context.update(_followup_context(app, due, notifications, milestones))
     attachments = _attachments(app, due, notifications, milestones, now)
     context["has_calendar"] = bool(attachments)
     mail = build_outgoing(app, r, due.template, existing, resend=False, now=now,
-                          everyone=everyone, context=context, attachments=attachments)
+                          everyone=roster, context=context, attachments=attachments)
     return replace(mail, notification=mail.notification.with_(template=due.key))
 
 

@@ -53,6 +53,9 @@ class ReminderDef:
     max_count: int = 1
     interval_working_days: int = 5  # between one reminder and the next
     roles: tuple[str, ...] = ()  # empty: the required roles
+    # role → milestones: once one is recorded, that role's reminder has nothing left to ask
+    # (an agreement administrator whose agreement is signed is not asked to sign again)
+    unless: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +150,8 @@ def followups_from_mapping(data: Mapping[str, Any], *, roles: Collection[str],
                                       key=f"events[{i}].only_notified")
     reminders = None
     if "reminders" in data:
-        reminders = _reminders(_Reader(data["reminders"], "reminders", path), roles)
+        reminders = _reminders(_Reader(data["reminders"], "reminders", path), roles,
+                               milestones)
     escalations = tuple(_escalation(_Reader(t, f"escalations[{i}]", path), roles, milestones)
                         for i, t in enumerate(raw_escalations))
     return Followups(calendar=calendar, events=events, reminders=reminders,
@@ -234,14 +238,19 @@ def _event(r: _Reader, roles: Collection[str], milestones: Collection[str]) -> E
                     duration_minutes=r.integer("duration_minutes", 90, 1))
 
 
-def _reminders(r: _Reader, roles: Collection[str]) -> ReminderDef:
+def _reminders(r: _Reader, roles: Collection[str], milestones: Collection[str]) -> ReminderDef:
     r.check_keys({"template", "after_working_days", "max_count", "interval_working_days",
-                  "roles"})
+                  "roles", "unless"})
+    unless: dict[str, tuple[str, ...]] = {}
+    if "unless" in r.table:
+        table = _Reader(r.table["unless"], f"{r.where}.unless", r.path)
+        table.check_keys(roles)
+        unless = {role: table.names(role, (), milestones) for role in table.table}
     return ReminderDef(template=r.template("template", "reminder-orientation"),
                        after_working_days=r.integer("after_working_days", 5, 1),
                        max_count=r.integer("max_count", 1, 0),
                        interval_working_days=r.integer("interval_working_days", 5, 1),
-                       roles=r.names("roles", (), roles))
+                       roles=r.names("roles", (), roles), unless=unless)
 
 
 def _escalation(r: _Reader, roles: Collection[str],

@@ -24,8 +24,9 @@ from mailtracker.errors import (
 )
 from mailtracker.followup.compose import compose
 from mailtracker.followup.schedule import Due, FollowupPlan, Overdue, Scheduled, plan_followups
-from mailtracker.outbound.mailbuild import OutgoingMail
+from mailtracker.outbound.mailbuild import OutgoingMail, Roster
 from mailtracker.outbound.notify import Sleep, deliver, recover_interrupted, write_previews
+from mailtracker.task.state import reached_milestones
 
 log = logging.getLogger("mailtracker.tick")
 LOCK_WHAT = "'mailtracker notify' or 'tick'"
@@ -172,11 +173,12 @@ def _prepare(app: App) -> tuple[FollowupPlan, list[tuple[Due, OutgoingMail]], li
     notifications = {n.key: n for n in view.notifications(app.task.key)}
     milestones = view.milestones(app.task.key)
     plan = plan_followups(app.task, recipients, notifications, milestones, now)
+    roster = Roster(app, recipients, reached_milestones(milestones, now))
     mails: list[tuple[Due, OutgoingMail]] = []
     failed: list[TickResult] = []
     for due in plan.due:
         try:
-            mails.append((due, compose(app, due, everyone=recipients,
+            mails.append((due, compose(app, due, everyone=roster,
                                        notifications=notifications, milestones=milestones,
                                        now=now)))
         except TemplateError as exc:

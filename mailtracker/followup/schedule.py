@@ -33,7 +33,7 @@ from mailtracker.models import (
     notification_key,
 )
 from mailtracker.settings.taskdef import TaskDefinition
-from mailtracker.task.state import derived_milestones
+from mailtracker.task.state import reached_milestones
 
 
 class Kind(StrEnum):
@@ -147,10 +147,7 @@ def plan_followups(task: TaskDefinition, recipients: Sequence[Recipient],
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    all_milestones = dict(milestones)
-    for extra in derived_milestones(all_milestones, now):
-        all_milestones[extra.name] = extra
-    st = _State(task, recipients, notifications, all_milestones, now)
+    st = _State(task, recipients, notifications, reached_milestones(milestones, now), now)
     due: list[Due] = []
     scheduled: list[Scheduled] = []
     for event in task.followups.events:
@@ -234,7 +231,8 @@ def _reminders(st: _State, due: list[Due], scheduled: list[Scheduled]) -> None:
     for r in st.recipients:
         orientation = st.orientation(r)
         if r.role not in roles or orientation is None or not st.oriented(r) \
-                or st.acknowledged(r):
+                or st.acknowledged(r) \
+                or any(m in st.milestones for m in rd.unless.get(r.role, ())):
             continue
         anchor = orientation.sent_at
         for number in range(1, rd.max_count + 1):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from email import policy
@@ -10,7 +10,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from mailtracker.app import App
-from mailtracker.models import Notification, NotificationState, Recipient
+from mailtracker.followup.calendar import format_date
+from mailtracker.models import MilestoneRecord, Notification, NotificationState, Recipient
 from mailtracker.outbound.render import RenderedMail, build_email, make_message_id, render
 from mailtracker.outbound.render import orientation_context as render_context
 from mailtracker.resources import data_dir
@@ -47,14 +48,33 @@ class OutgoingMail:
 
 
 class Roster:
-    """Who is oriented, for the KP owner's copy: built once for a whole run, not once per
-    recipient (rebuilding it for each of N recipients made a run quadratic in N)."""
+    """Who is oriented (for the KP owner's copy) and what has happened so far (so no mail asks
+    for what is already done): built once for a whole run, not once per recipient
+    (rebuilding it for each of N recipients made a run quadratic in N)."""
 
-    def __init__(self, app: App, everyone: Sequence[Recipient]) -> None:
+    def __init__(self, app: App, everyone: Sequence[Recipient],
+                 milestones: Mapping[str, MilestoneRecord] | None = None) -> None:
         self._app = app
         self.everyone = tuple(everyone)
         self.kp_owner = next((r for r in self.everyone if r.role == "kp_owner"), None)
+        self._milestones = dict(milestones or {})
         self._rows: dict[str, list[dict[str, str]]] = {}
+        self._progress: dict[str, dict[str, dict[str, str]]] = {}
+
+    def progress(self, lang: str) -> dict[str, dict[str, str]]:
+        """Milestone key → ``{label, date}`` of what has happened, in ``lang``."""
+        progress = self._progress.get(lang)
+        if progress is None:
+            tz = self._app.task.followups.calendar.tz
+            order = [m.key for m in self._app.task.milestones]
+            progress = {}
+            for key in sorted(self._milestones, key=lambda k: (
+                    order.index(k) if k in order else len(order), k)):
+                definition = self._app.task.milestone(key)
+                progress[key] = {"label": definition.label(lang) if definition else key,
+                                 "date": format_date(self._milestones[key].at, lang, tz)}
+            self._progress[lang] = progress
+        return progress
 
     def __len__(self) -> int:
         return len(self.everyone)
@@ -100,6 +120,7 @@ def orientation_context(app: App, recipient: Recipient,
         task_title=app.task.title_for(recipient.lang),
         kp_owner_name=kp_owner.name if kp_owner else None,
         kp_owner_email=kp_owner.email if kp_owner else None,
+        milestones=roster.progress(recipient.lang),
     )
     context["recipients"] = roster.rows(recipient.lang) if role is not None else []
     return context

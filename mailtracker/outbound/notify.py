@@ -32,6 +32,7 @@ from mailtracker.outbound import smtp
 from mailtracker.outbound.mailbuild import OutgoingMail, Roster, build_outgoing
 from mailtracker.settings.secrets import resolve_credential, token_renewer
 from mailtracker.store import Transaction
+from mailtracker.task.state import reached_milestones
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -69,7 +70,8 @@ def _plan(app: App, recipients: Sequence[Recipient], options: NotifyOptions,
           now: datetime) -> tuple[list[OutgoingMail], list[NotifyResult]]:
     """What to send now, and results for those skipped. Renders all (may raise)."""
     snapshot = app.store.snapshot()
-    everyone = Roster(app, snapshot.recipients())
+    everyone = Roster(app, snapshot.recipients(), reached_milestones(
+        snapshot.milestones(app.task.key), now))
     plan: list[OutgoingMail] = []
     skipped: list[NotifyResult] = []
     for r in recipients:

@@ -28,6 +28,9 @@ Context variables of the orientation templates (``orientation_context`` builds t
 ``kp_owner_name``   the KP system owner to ask questions, or ``None``
 ``kp_owner_email``  their address, or ``None``
 ``recipients``      for the KP owner's copy: list of ``{name, email, role_label}``; may be empty
+``milestones``      what has happened so far: milestone key → ``{label, date}`` (the date as
+                    the mail's language writes it), e.g. ``"service_agreement_signed" in
+                    milestones`` turns "please sign" into "it is signed"; may be empty
 ``lang``            ``"da"`` or ``"en"`` (``render`` sets it from its ``lang`` argument)
 ``subject``         the rendered subject (``render`` adds it for the two bodies)
 =================== ==================================================================
@@ -132,7 +135,9 @@ def orientation_context(*, recipient_name: str, recipient_email: str, role: str,
                         sender_email: str, task_title: str, kp_owner_name: str | None = None,
                         kp_owner_email: str | None = None,
                         recipients: Sequence[tuple[str, str, str]] = (),
-                        greeting: str | None = None) -> dict[str, object]:
+                        greeting: str | None = None,
+                        milestones: Mapping[str, Mapping[str, str]] | None = None,
+                        ) -> dict[str, object]:
     """The context the orientation templates expect (see the module docstring).
 
     ``recipients`` lists ``(name, email, role_label)`` of the people oriented, for the KP
@@ -158,6 +163,7 @@ def orientation_context(*, recipient_name: str, recipient_email: str, role: str,
         "kp_owner_name": kp_owner_name,
         "kp_owner_email": kp_owner_email,
         "recipients": [{"name": n, "email": e, "role_label": r} for n, e, r in recipients],
+        "milestones": dict(milestones or {}),
     }
 
 

@@ -16,9 +16,12 @@ from mailtracker.models import (
     MilestoneRecord,
     Notification,
     NotificationState,
+    OrientedFact,
     Recipient,
 )
 from mailtracker.settings.taskdef import TaskDefinition
+
+FORGOTTEN = "forgotten recipient"  # stands in for a person removed with ``forget``
 
 
 class KlikStatus(StrEnum):
@@ -61,26 +64,45 @@ class RoleCoverage:
 
 
 def role_coverage(task: TaskDefinition, recipients: Sequence[Recipient],
-                  notifications: Mapping[str, Notification]) -> list[RoleCoverage]:
+                  notifications: Mapping[str, Notification],
+                  facts: Sequence[OrientedFact] = ()) -> list[RoleCoverage]:
+    """Per role, who counts as oriented: recipients, and people since forgotten (``facts``),
+    who appear as ``forgotten recipient``."""
     out = []
     for role in task.roles:
         members = [r for r in recipients if r.role == role.key]
         oriented = tuple(r.email for r in members if is_oriented(
             orientation_of(task, r, notifications), task.require_acknowledgement))
+        oriented += tuple(FORGOTTEN for f in facts
+                          if f.task == task.key and f.role == role.key
+                          and f.template == role.template
+                          and (f.acknowledged_at is not None
+                               or not task.require_acknowledgement))
         out.append(RoleCoverage(role.key, role.required, oriented, len(members)))
     return out
 
 
 def klik_status(task: TaskDefinition, recipients: Sequence[Recipient],
-                notifications: Mapping[str, Notification]) -> KlikStatus:
+                notifications: Mapping[str, Notification],
+                facts: Sequence[OrientedFact] = ()) -> KlikStatus:
     """``i gang`` once any orientation went out; ``fuldført`` once every required role has a
     recipient whose orientation was delivered (and acknowledged, if the task requires it)."""
-    coverage = role_coverage(task, recipients, notifications)
+    coverage = role_coverage(task, recipients, notifications, facts)
     if all(c.oriented for c in coverage if c.required):
         return KlikStatus.DONE
     went_out = any(n.state in (NotificationState.SENT, NotificationState.UNKNOWN)
-                   for n in notifications.values() if n.task == task.key)
+                   for n in notifications.values() if n.task == task.key) \
+        or any(f.task == task.key for f in facts)
     return KlikStatus.IN_PROGRESS if went_out else KlikStatus.NOT_STARTED
+
+
+def reached_milestones(milestones: Mapping[str, MilestoneRecord],
+                       now: datetime) -> dict[str, MilestoneRecord]:
+    """The stored milestones plus those that follow from them at ``now`` (``webinar_held``)."""
+    reached = dict(milestones)
+    for extra in derived_milestones(reached, now):
+        reached[extra.name] = extra
+    return reached
 
 
 def derived_milestones(milestones: Mapping[str, MilestoneRecord],
