@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from mailtracker.followup.schedule import (
+    Due,
     Kind,
     Overdue,
     Scheduled,
@@ -35,6 +36,7 @@ class FollowupStatus:
     overdue: tuple[Overdue, ...]
     scheduled: tuple[Scheduled, ...]
     mails: tuple[FollowupMail, ...]
+    due: tuple[Due, ...] = ()  # due now: the next ``tick`` (or ``watch`` round) sends them
 
 
 def followup_kind(task: TaskDefinition, key: str) -> Kind | None:
@@ -59,7 +61,7 @@ def followup_status(task: TaskDefinition, view: StateReader, now: datetime) -> F
         kind = followup_kind(task, n.template)
         if kind is not None:
             mails.append(FollowupMail(kind, n))
-    return FollowupStatus(plan.overdue, plan.scheduled, tuple(mails))
+    return FollowupStatus(plan.overdue, plan.scheduled, tuple(mails), plan.due)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -67,7 +69,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def status_json(task: TaskDefinition, fs: FollowupStatus | None) -> dict[str, Any]:
-    """The ``overdue``, ``followups`` and ``followups_scheduled`` keys of ``status --json``."""
+    """The ``overdue``, ``followups``, ``followups_due`` and ``followups_scheduled`` keys of
+    ``status --json``."""
     if fs is None:
         return {}
     return {
@@ -84,6 +87,9 @@ def status_json(task: TaskDefinition, fs: FollowupStatus | None) -> dict[str, An
                        "subject": m.notification.subject,
                        "acknowledged": m.notification.acknowledged_at is not None}
                       for m in fs.mails],
+        "followups_due": [{"kind": d.kind.value, "template": d.key,
+                           "recipient": d.recipient.email, "due_at": d.due_at.isoformat(),
+                           "milestone": d.milestone} for d in fs.due],
         "followups_scheduled": [{"kind": s.kind.value, "template": s.key,
                                  "recipient": s.recipient, "due_at": s.due_at.isoformat(),
                                  "reason": s.reason} for s in fs.scheduled],
@@ -93,7 +99,7 @@ def status_json(task: TaskDefinition, fs: FollowupStatus | None) -> dict[str, An
 def status_text(task: TaskDefinition, fs: FollowupStatus | None,
                 local: Callable[[datetime], str]) -> list[str]:
     """Lines for ``status`` (``local`` formats a datetime in local time)."""
-    if fs is None or not (fs.mails or fs.scheduled or fs.overdue):
+    if fs is None or not (fs.mails or fs.scheduled or fs.overdue or fs.due):
         return []
     lines = ["", "Follow-ups:"]
     for m in fs.mails:
@@ -102,9 +108,15 @@ def status_text(task: TaskDefinition, fs: FollowupStatus | None,
         err = f" ({n.last_error})" if n.last_error and n.state.value != "sent" else ""
         lines.append(f"  {n.state.value:<9} {m.kind.value:<10} {n.template:<40} "
                      f"{n.recipient}{when}{err}")
+    for d in fs.due:
+        lines.append(f"  {'due now':<9} {d.kind.value:<10} {d.key:<40} {d.recipient.email}  "
+                     f"since {local(d.due_at)}")
     for s in fs.scheduled:
         lines.append(f"  {'scheduled':<9} {s.kind.value:<10} {s.key:<40} {s.recipient}  "
                      f"from {local(s.due_at)}")
+    if fs.due:
+        lines.append(f"  {len(fs.due)} follow-up mail(s) due now: 'mailtracker tick' sends them "
+                     "('watch' does at its next round); 'tick --dry-run' shows them first.")
     for o in fs.overdue:
         told = (f"; told {', '.join(o.escalated_to)}" if o.escalated_to
                 else "" if o.can_escalate else "; nobody to escalate to (add a kp_owner)")
