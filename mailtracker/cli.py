@@ -252,9 +252,17 @@ def forget(state: CliState, email: str, yes: bool) -> None:
         click.confirm(f"Remove everything stored about {email}?", abort=True)
     app = state.app()
     before = _klik(app)
+    facts_before = set(app.store.snapshot().oriented_facts(app.task.key))
     count = forget_person(app.store, email)
     click.echo(f"Removed {count} record(s) about {email}.")
     after = _klik(app)
+    kept = [f for f in app.store.snapshot().oriented_facts(app.task.key)
+            if f not in facts_before]
+    for fact in kept:
+        role = app.task.role(fact.role)
+        click.echo(f"Kept, without name or address: the {role.label_en if role else fact.role} "
+                   f"was oriented at {_local_time(app, fact.sent_at)}, so the KLIK status "
+                   f"stays »{after}«.")
     if after != before:
         click.echo(f"Note: the KLIK status is now »{after}«, no longer »{before}«: the person "
                    "forgotten was the one oriented for a required role. The orientation did "
@@ -268,7 +276,8 @@ def _klik(app: App) -> str:
 
     view = app.store.snapshot()
     notifications = {n.key: n for n in view.notifications(app.task.key)}
-    return klik_label(app.task, klik_status(app.task, view.recipients(), notifications))
+    return klik_label(app.task, klik_status(app.task, view.recipients(), notifications,
+                                            view.oriented_facts(app.task.key)))
 
 
 # --------------------------------------------------------------------------- notify

@@ -110,6 +110,21 @@ class TimelineEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class OrientedFact:
+    """That a role was oriented, kept when ``forget`` removes the person: no name, no address.
+
+    So a completed KLIK task stays completed after the person oriented is forgotten (the
+    orientation did happen), and ``status`` can still say when.
+    """
+
+    task: str
+    role: str
+    template: str  # the orientation template the person was sent
+    sent_at: datetime
+    acknowledged_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Watermark:
     """Inbound position: only UIDs above ``last_uid`` under ``uidvalidity`` are new."""
 
@@ -175,3 +190,4 @@ class StateReader(Protocol):
     def quarantine(self, task: str | None = None) -> list[QuarantineEntry]: ...
     def unparseable(self) -> list[UnparseableEntry]: ...
     def timeline(self, task: str) -> list[TimelineEntry]: ...
+    def oriented_facts(self, task: str) -> list[OrientedFact]: ...

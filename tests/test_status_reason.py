@@ -78,7 +78,7 @@ def test_people_see_local_time_and_the_mail_is_dated_in_it(
     assert now.startswith("2026-03-02T08:00:0") and "." not in now  # no microseconds
 
 
-def test_forget_says_when_it_changes_the_klik_status(
+def test_forget_keeps_a_completed_task_complete_without_keeping_the_person(
         smtp_server: SmtpTestServer, make_workspace: Callable[..., Workspace]) -> None:
     ws = make_workspace(smtp=smtp_server)
     ws.add_recipients(THREE)
@@ -87,7 +87,15 @@ def test_forget_says_when_it_changes_the_klik_status(
     email = THREE[0][2]
     result = ws.cli("forget", email, "--yes")
     assert result.exit_code == 0, result.output
-    assert "the KLIK status is now »i gang«, no longer »fuldført«" in result.output
+    # The orientation did happen: the task stays complete, and the fact is kept anonymously.
+    assert re.search(r"Kept, without name or address: the Accounting-system owner was oriented "
+                     r"at \d{4}-\d\d-\d\d \d\d:\d\d \w+, so the KLIK status stays »fuldført«\.",
+                     result.output), result.output
+    assert "no longer" not in result.output
+    after = ws.status()
+    assert after["klik_status"] == "fuldført"
+    assert "1 of them since forgotten, oriented" in after["klik_status_reason"]
+    assert email not in ws.store_path.read_text(encoding="utf-8").lower()
     quiet = ws.cli("recipients", "add", "--role", THREE[0][0], "--name", "Ny Person",
                    "--email", "ny@kommune.example")
     assert quiet.exit_code == 0

@@ -25,9 +25,12 @@ from tinydb.table import Table
 
 from mailtracker.errors import StoreError, StoreLockedError
 from mailtracker.models import (
+    DeliveryState,
     HandledMessage,
     MilestoneRecord,
     Notification,
+    NotificationState,
+    OrientedFact,
     QuarantineEntry,
     Recipient,
     TimelineEntry,
@@ -210,6 +213,10 @@ class StateView:
         entries = [from_doc(TimelineEntry, dict(d)["entry"]) for d in docs]
         return sorted(entries, key=lambda e: e.at)
 
+    def oriented_facts(self, task: str) -> list[OrientedFact]:
+        docs = [d for d in self._table("oriented").all() if d.get("task") == task]
+        return sorted((from_doc(OrientedFact, dict(d)) for d in docs), key=lambda f: f.sent_at)
+
 
 class Transaction(StateView):
     """Read and write access under the store's lock; written once when the block ends."""
@@ -288,6 +295,15 @@ class Transaction(StateView):
     def forget_person(self, email: str) -> int:
         """Remove a recipient and every record that names them. Returns records removed."""
         email = email.lower()
+        person = self.recipient(email)
+        if person is not None:  # keep that the role was oriented, without the person
+            for n in self.notifications():
+                if n.recipient == email and n.state is NotificationState.SENT \
+                        and n.sent_at is not None and n.delivery is not DeliveryState.BOUNCED:
+                    fact = OrientedFact(n.task, person.role, n.template, n.sent_at,
+                                        n.acknowledged_at)
+                    self._put("oriented", f"{n.task}|{person.role}|{n.template}|"
+                              f"{n.sent_at.isoformat()}", to_doc(fact))
         removed = int(self.remove_recipient(email))
         outbox = self._table("outbox")
         ids = [d.doc_id for d in outbox.all() if d.get("recipient") == email]

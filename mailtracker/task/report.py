@@ -13,6 +13,7 @@ from mailtracker.models import (
     MilestoneRecord,
     Notification,
     NotificationState,
+    OrientedFact,
     QuarantineEntry,
     Recipient,
     StateReader,
@@ -69,8 +70,9 @@ def build_report(task: TaskDefinition, view: StateReader, *, organisation: str, 
     milestones = view.milestones(task.key)
     for extra in derived_milestones(milestones, now):
         milestones[extra.name] = extra
-    status = klik_status(task, recipients, notifications)
-    coverage = role_coverage(task, recipients, notifications)
+    facts = view.oriented_facts(task.key)
+    status = klik_status(task, recipients, notifications, facts)
+    coverage = role_coverage(task, recipients, notifications, facts)
     rows = [_recipient_row(task, r, notifications) for r in recipients]
     quarantine = [q for q in view.quarantine(task.key) if q.state == "pending"]
     return TaskReport(
@@ -81,16 +83,18 @@ def build_report(task: TaskDefinition, view: StateReader, *, organisation: str, 
         next_step_da=next_step(task, status, coverage, milestones, "da"),
         warnings=list(warnings), handled=view.handled_count(),
         followups=followup_status(task, view, now),
-        klik_reason=klik_reason(task, recipients, notifications), trust=trust,
+        klik_reason=klik_reason(task, recipients, notifications, facts), trust=trust,
     )
 
 
 def klik_reason(task: TaskDefinition, recipients: Sequence[Recipient],
-                notifications: Mapping[str, Notification]) -> str:
+                notifications: Mapping[str, Notification],
+                facts: Sequence[OrientedFact] = ()) -> str:
     """Why the KLIK status is what it is: the card's rule (step 3 of "Metode og
     fremgangsmåde") is that the task may be marked fuldført once the relevant people are
     oriented, so that is counted per required role, with the evidence."""
-    coverage = [c for c in role_coverage(task, recipients, notifications) if c.required]
+    coverage = [c for c in role_coverage(task, recipients, notifications, facts)
+                if c.required]
     done = [c for c in coverage if c.oriented]
     ack_rule = " and acknowledged" if task.require_acknowledgement else ""
     told = [n for r in recipients if (n := orientation_of(task, r, notifications)) is not None
@@ -98,14 +102,19 @@ def klik_reason(task: TaskDefinition, recipients: Sequence[Recipient],
     bounced = sum(1 for n in told if n.delivery is DeliveryState.BOUNCED)
     acks = sum(1 for n in told if n.acknowledged_at is not None)
     bounce_text = "no bounce" if not bounced else f"{bounced} bounced"
+    forgotten = [f for f in facts if f.task == task.key]
+    if forgotten:
+        bounce_text += (f"; {len(forgotten)} of them since forgotten, oriented "
+                        + ", ".join(_local(f.sent_at) for f in forgotten))
     if coverage and len(done) == len(coverage):
-        last = max((n.sent_at for n in told if n.sent_at and n.delivery
-                    is not DeliveryState.BOUNCED), default=None)
+        last = max([n.sent_at for n in told if n.sent_at and n.delivery
+                    is not DeliveryState.BOUNCED] + [f.sent_at for f in forgotten],
+                   default=None)
         when = f"last accepted {_local(last)}, " if last else ""
         return (f"all {len(coverage)} required roles oriented{ack_rule} ({when}{bounce_text}); "
                 f"acknowledgements {acks} of {len(told)}")
     missing = ", ".join(c.role for c in coverage if not c.oriented)
-    if not told:
+    if not told and not forgotten:
         return f"no orientation sent yet; required roles: {missing}"
     return (f"{len(done)} of {len(coverage)} required roles oriented{ack_rule} ({bounce_text}); "
             f"still missing: {missing}")
@@ -253,7 +262,7 @@ def to_markdown(report: TaskReport) -> str:
             lines.append(f"| {m.label_da} | – | |")
             continue
         ev = rec.evidence
-        proof = (f"mail fra {ev.sender}: “{_md(ev.subject or '')}”" if ev.source == "mail"
+        proof = (f"mail fra {ev.sender}: »{_md(ev.subject or '')}«" if ev.source == "mail"
                  else f"registreret af {ev.recorded_by or 'bruger'}"
                  + (f": {_md(ev.note)}" if ev.note else ""))
         lines.append(f"| {m.label_da} | {_local(rec.at)} | {proof} |")
