@@ -288,7 +288,8 @@ def test_status_markdown_is_ready_for_klik(inbox: Inbox) -> None:
     assert md.exit_code == 0
     assert "Status: **fuldført**" in md.output
     assert "| Serviceaftale modtaget fra EG |" in md.output
-    assert "mail fra kundeservice@eg.dk" in md.output
+    assert "mail fra kundeservice@eg.dk: »Serviceaftale til underskrift«" in md.output
+    assert "“" not in md.output and "”" not in md.output  # Danish quotes, not English
     assert "Næste skridt:" in md.output
 
 
