@@ -83,6 +83,7 @@ _FIRST_LINE = re.compile(rb"[!-9;-~]+:")
 _FIELD = re.compile(rb"\n(from|subject|in-reply-to|references):([^\n]*(?:\n[ \t][^\n]*)*)")
 _UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
 _ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?.*?\?=")
+_STRICT_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")  # RFC 2047: no space, no '?'
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,13 @@ def _subject_may_match(value: str, words: re.Pattern[str] | None) -> bool:
     return words is not None and words.search(normalise("\n".join(readings))) is not None
 
 
+def _decoded(word: str) -> str:
+    try:
+        return str(_ew.decode(word)[0])
+    except Exception:
+        return word
+
+
 def _subject_readings(value: str) -> Iterator[str]:
     """The subject as written and, with encoded words, decoded both with and without the
     white space between adjacent encoded words (which RFC 2047 drops). Uncut, so a word
@@ -243,8 +251,10 @@ def _subject_readings(value: str) -> Iterator[str]:
         gaps.append(value[pos:match.start()])
         try:
             texts.append(_ew.decode(match.group(0))[0])
-        except Exception:  # the header registry keeps such a word as it is
-            texts.append(match.group(0))
+        except Exception:  # the header registry keeps such a word as it is …
+            raw = match.group(0)
+            # … but reads the well-formed encoded words inside it, word by word
+            texts.append(" ".join([raw, *(_decoded(w) for w in _STRICT_WORD.findall(raw, 2))]))
         pos = match.end()
     tail = value[pos:]
     kept = "".join(g + t for g, t in zip(gaps, texts, strict=True)) + tail
