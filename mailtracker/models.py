@@ -125,6 +125,21 @@ class OrientedFact:
 
 
 @dataclass(frozen=True, slots=True)
+class DeltaLink:
+    """Inbound position in Microsoft Graph: the folder's ``@odata.deltaLink`` (or the
+    ``nextLink`` of the next page), saved with the events of the page that led to it."""
+
+    account: str  # "graph:<mailbox>"
+    folder: str  # as configured ([graph] folder)
+    link: str
+    updated_at: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.account}|{self.folder}"
+
+
+@dataclass(frozen=True, slots=True)
 class Watermark:
     """Inbound position: only UIDs above ``last_uid`` under ``uidvalidity`` are new."""
 
