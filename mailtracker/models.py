@@ -64,6 +64,7 @@ class Notification:
     bounce_reason: str | None = None
     generation: int = 0  # bumped by --resend
     previous_message_ids: tuple[str, ...] = ()  # earlier sends: replies to them still count
+    draft_id: str | None = None  # Graph: the draft's immutable id, stored before it is sent
 
     @property
     def key(self) -> str:

@@ -5,7 +5,8 @@
 with the bearer token from ``[oauth2]``. It turns answers into plain :class:`Response` data or
 :mod:`mailtracker.errors` exceptions:
 
-* ``401``: one forced token refresh, then :class:`~mailtracker.errors.GraphAuthError` (exit 13);
+* ``401`` (and ``403 ErrorAccessDenied``: a permission granted since the token was issued):
+  one forced token refresh, then :class:`~mailtracker.errors.GraphAuthError` (exit 13);
 * ``403``: ``ErrorQuotaExceeded`` is a full mailbox; anything else names the permission the
   call needs (``Mail.ReadWrite``, ``Mail.Send``) and the RBAC scope that may be missing;
 * ``429``, and ``503``/``504`` carrying ``Retry-After``: wait as told (else exponential
@@ -152,8 +153,9 @@ class GraphClient:
                 log.warning("%s; trying again (%d/%d)", exc, attempt, self._retries)
                 self._sleep(self._backoff(attempt))
                 continue
-            if response.status == 401 and not refreshed:
-                refreshed = True
+            if response.status in (401, 403) and not refreshed and _error_of(response)[0] in (
+                    "InvalidAuthenticationToken", "ErrorAccessDenied", "HTTP 401"):
+                refreshed = True  # a permission granted since the token was issued counts
                 self.token(force=True)
                 continue
             wait = self._throttled(response)
