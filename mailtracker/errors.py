@@ -28,6 +28,7 @@ class ExitStatus(IntEnum):
     DELIVERY_FAILED = 11
     DEMO_FAILED = 12
     AUTH = 13
+    MISSING_EXTRA = 14  # an optional part is not installed (pip install 'mailtracker[…]')
     INTERRUPTED = 130
 
 
@@ -220,3 +221,9 @@ def with_advice(exc: MailServerError) -> str:
     if "mailtracker check" not in text:
         text += ". Run 'mailtracker check' to see what to fix"
     return text
+
+
+class MissingExtraError(MailtrackerError):
+    """An optional part is not installed; the message says which extra to install."""
+
+    exit_status = ExitStatus.MISSING_EXTRA
