@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from mailtracker.dossier.timeline import Layout, Mark, Rule, Shape, layout
-from mailtracker.followup.schedule import Kind
+from mailtracker.followup.schedule import Kind, escalation_deadline
 from mailtracker.models import (
     DeliveryState,
     MilestoneRecord,
@@ -235,6 +235,16 @@ def _timeline(task: TaskDefinition, view: StateReader, report: TaskReport,
             word = "FORSINKET" if da else "OVERDUE"
             rules.append(Rule(o.deadline, f"{word}: {_label(task, o.milestone, lang)}",
                               "overdue"))
+        late = {o.milestone for o in fs.overdue}
+        outbox = {n.key: n for n in notifications}
+        for es in task.followups.escalations:
+            if es.milestone in late or es.milestone in report.milestones \
+                    or any(m in report.milestones for m in es.unless):
+                continue
+            deadline = escalation_deadline(task, es, outbox, report.milestones)
+            if deadline is not None:
+                rules.append(Rule(deadline, f"{'Frist' if da else 'Deadline'}: "
+                                  f"{_label(task, es.milestone, lang)}", "deadline"))
     lanes = [r.name for r in view.recipients()] + [eg]
     times = [m.at for m in marks] + [r.at for r in rules]
     start = min(times) - timedelta(days=1)
