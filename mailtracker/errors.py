@@ -28,7 +28,8 @@ class ExitStatus(IntEnum):
     DELIVERY_FAILED = 11
     DEMO_FAILED = 12
     AUTH = 13
-    GRAPH = 14  # Microsoft Graph unreachable or refusing (not a login problem)
+    MISSING_EXTRA = 14  # an optional part is not installed (pip install 'mailtracker[…]')
+    GRAPH = 15  # Microsoft Graph unreachable or refusing (not a login problem)
     INTERRUPTED = 130
 
 
@@ -221,6 +222,12 @@ def with_advice(exc: MailServerError) -> str:
     if "mailtracker check" not in text:
         text += ". Run 'mailtracker check' to see what to fix"
     return text
+
+
+class MissingExtraError(MailtrackerError):
+    """An optional part is not installed; the message says which extra to install."""
+
+    exit_status = ExitStatus.MISSING_EXTRA
 
 
 class GraphError(MailServerError):

@@ -121,7 +121,7 @@ def test_graph_unreachable_sends_nothing_then_everything(ws: Workspace,
                                                          fake_graph: FakeGraph) -> None:
     endpoint = ws.sections["graph"]["endpoint"]
     ws.set("graph", endpoint="https://127.0.0.1:9/v1.0")
-    result = notify(ws, 14)
+    result = notify(ws, 15)
     assert "cannot connect to Microsoft Graph at 127.0.0.1:9" in result.output
     assert "Traceback" not in result.output
     assert {r["notification"] for r in rows(ws).values()} == {"pending"}
@@ -233,7 +233,7 @@ def test_missing_mail_send_permission_is_named(ws: Workspace, fake_graph: FakeGr
 
 def test_full_mailbox_stops_and_loses_nothing(ws: Workspace, fake_graph: FakeGraph) -> None:
     fake_graph.quota_exceeded = True
-    result = notify(ws, 14)
+    result = notify(ws, 15)
     assert "is full (ErrorQuotaExceeded)" in result.output
     assert {r["notification"] for r in rows(ws).values()} == {"pending"}
     fake_graph.quota_exceeded = False

@@ -43,6 +43,8 @@ from mailtracker.demo.mailstore import MailStore
 from mailtracker.demo.narrate import Narrator
 from mailtracker.demo.servers import DemoServers, DemoTls, make_demo_ca
 from mailtracker.demo.smtpd import MX_HOST, deliver_local
+from mailtracker.dossier.model import build_dossier
+from mailtracker.dossier.page import render_html, write_html
 from mailtracker.errors import DemoFailedError, InvalidInputError
 from mailtracker.inbound.poller import run_poll
 from mailtracker.outbound.notify import NotifyOptions, run_notify
@@ -120,6 +122,9 @@ def run_demo(workdir: Path | None, keep: bool, lang: str,
             shutil.rmtree(root, ignore_errors=True)
     if workdir is None and not keep:
         narrator.say(f"The workspace {root} was removed; run with --keep DIR to keep it.")
+    else:
+        narrator.say(f"The KLIK dossier of this state: {root / 'report.html'} (open it in a "
+                     "browser; 'mailtracker report --pdf' prints it as a PDF)")
     result.lines = narrator.lines
     if not result.ok:
         raise DemoStateError("the demo did not reach the expected final state (see above)",
@@ -179,6 +184,7 @@ def _run(root: Path, lang: str, say: Narrator) -> DemoResult:
     report = _report(app)
     status = to_json(report)
     _dump_mailboxes(root / "mailboxes", store)
+    _write_dossier(app, root / "report.html")
     say.outcome(report, root, [m.message_id for m in (*answers, *outside.in_order)])
     expected = Expected(
         agreement_id=outside.agreement.message_id, guide_id=outside.guide.message_id,
@@ -294,6 +300,14 @@ def _arrive(store: MailStore, inbound: Inbound) -> None:
 def _report(app: App) -> TaskReport:
     return build_report(app.task, app.store.snapshot(), organisation=app.settings.organisation,
                         now=app.now(), warnings=trust_warnings(app.settings))
+
+
+def _write_dossier(app: App, path: Path) -> None:
+    """The dossier a KP system owner would file, made from the demo's state."""
+    dossier = build_dossier(app.task, app.store.snapshot(),
+                            organisation=app.settings.organisation, now=app.now(),
+                            lang=app.settings.language, state_file=app.store.path)
+    write_html(path, render_html(dossier, app.task.followups.calendar.tz))
 
 
 def _dump_mailboxes(directory: Path, store: MailStore) -> None:

@@ -20,7 +20,7 @@ from mailtracker.app import App
 from mailtracker.errors import ConfigError
 from mailtracker.inbound import imap
 from mailtracker.inbound.imap import HeaderInfo, Mailbox
-from mailtracker.inbound.judge.classify import Classification, Kind, classify
+from mailtracker.inbound.judge.classify import classify
 from mailtracker.inbound.judge.prefilter import is_candidate, screen, screen_blocks
 from mailtracker.inbound.mail.facts import IncomingMessage
 from mailtracker.inbound.mail.parse import parse
@@ -37,6 +37,7 @@ from mailtracker.task.transition import (
     sent_message_ids,
     transition,
 )
+from mailtracker.task.verdict import Classification, Kind
 
 log = logging.getLogger("mailtracker.poll")
 BATCH = 500

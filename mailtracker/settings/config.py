@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from mailtracker.addresses import check_email
 from mailtracker.errors import ConfigError
+from mailtracker.inbound.judge.trust import SenderAuth, TrustSettings
 
 if TYPE_CHECKING:
     from mailtracker.settings.graphconfig import GraphSettings
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 TlsMode = Literal["implicit", "starttls", "none"]
 AuthMethod = Literal["password", "oauth2"]
 PostAction = Literal["none", "keyword", "move"]
-SenderAuth = Literal["dmarc", "exchange_online", "allowlist"]
 OAuth2Flow = Literal["client_credentials", "device_code"]
 
 DEFAULT_CONFIG_RELPATH = Path("config") / "mailtracker.toml"
@@ -117,18 +117,6 @@ DEFAULT_SCOPES: Mapping[str, tuple[str, ...]] = {
     "device_code": ("https://outlook.office.com/IMAP.AccessAsUser.All",
                     "https://outlook.office.com/SMTP.Send", "offline_access"),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class TrustSettings:
-    """``[trust]``: whose mail may change the task, and how it is authenticated."""
-
-    authserv_id: str | None
-    sender_auth: SenderAuth = "dmarc"
-    sender_domains: tuple[str, ...] = ("eg.dk",)
-    signing_domains: tuple[str, ...] = ("penneo.com", "addo.dk", "addosign.com")
-    # the Exchange Online tenant (directory id) whose verdict counts, for "exchange_online"
-    tenant_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
