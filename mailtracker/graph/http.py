@@ -13,7 +13,7 @@ with the bearer token from ``[oauth2]``. It turns answers into plain :class:`Res
   backoff with jitter) and try again, up to ``retries`` times: Graph did not process them;
 * a connection that fails before the request was written (refused, DNS, TLS) is
   :class:`~mailtracker.errors.GraphLinkError` with ``reached=False``; one lost later has
-  ``reached=True``. Only idempotent requests (GET) are retried after a lost link.
+  ``reached=True``. Only idempotent requests (GET) are retried after a dropped link (twice).
 
 The token goes only to the configured endpoint's origin: a ``nextLink`` pointing elsewhere is
 refused. Tokens never appear in logs or errors.
@@ -147,7 +147,9 @@ class GraphClient:
                 response = self._once(method, url, params, body, content, headers,
                                       self.token(force=False))
             except GraphLinkError as exc:
-                if not idempotent or attempt >= self._retries:
+                # A GET whose connection dropped is tried again (twice at most); a refused
+                # connection is not: the caller decides (watch backs off, a command stops).
+                if not idempotent or not exc.reached or attempt >= min(self._retries, 2):
                     raise
                 attempt += 1
                 log.warning("%s; trying again (%d/%d)", exc, attempt, self._retries)

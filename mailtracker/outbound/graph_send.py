@@ -26,13 +26,14 @@ import base64
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email import policy
 
 from mailtracker.app import App
 from mailtracker.errors import GraphAuthError, GraphError, GraphLinkError
 from mailtracker.graph import open_client
-from mailtracker.graph.http import IMMUTABLE_IDS, GraphClient
+from mailtracker.graph.http import IMMUTABLE_IDS, MAX_IN_FLIGHT, GraphClient
 from mailtracker.models import Notification, NotificationState
 from mailtracker.outbound.mailbuild import OutgoingMail
 from mailtracker.outbound.notify import NotifyResult, Sleep, _mark_sending, _record, _unsent
@@ -68,6 +69,32 @@ class GraphOutbox:
         self.client.request("POST", self.client.user_url(f"/messages/{draft_id}/send"),
                             need="Mail.Send", headers={"Prefer": IMMUTABLE_IDS})
 
+    def is_draft(self, draft_id: str) -> bool:
+        """Whether ``draft_id`` is still an unsent draft (not sent, not deleted)."""
+        try:
+            r = self.client.request("GET", self.client.user_url(f"/messages/{draft_id}"),
+                                    need="Mail.Read", params={"$select": "isDraft"},
+                                    headers={"Prefer": IMMUTABLE_IDS})
+        except GraphError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return bool(r.json().get("isDraft"))
+
+    def drafts_by_message_id(self) -> dict[str, str]:
+        """Every draft's id by its internetMessageId (one listing of Drafts)."""
+        url = self.client.user_url("/mailFolders/drafts/messages")
+        params: dict[str, str] | None = {"$select": "id,internetMessageId", "$top": "250"}
+        found: dict[str, str] = {}
+        while url:
+            data = self.client.request("GET", url, need="Mail.Read", params=params,
+                                       headers={"Prefer": IMMUTABLE_IDS}).json()
+            for m in data.get("value", []):
+                if m.get("internetMessageId"):
+                    found[str(m["internetMessageId"])] = str(m["id"])
+            url, params = str(data.get("@odata.nextLink") or ""), None
+        return found
+
     def find(self, message_id: str) -> Found:
         """Sent Items first, then Drafts."""
         if self._in_folder("sentitems", message_id):
@@ -86,28 +113,35 @@ class GraphOutbox:
 
 async def send_all(app: App, plan: Sequence[OutgoingMail], *, sleep: Sleep
                    ) -> list[NotifyResult]:
-    """Like ``notify._send_all`` over SMTP: one store write per message marks it ``sending``
-    (with the previous one's result); the draft id is stored before the send."""
+    """First every message becomes a draft (up to 4 created at once) and all the draft ids
+    are stored in one write; then, as over SMTP, one store write per message marks it
+    ``sending`` (with the previous one's result) before its draft is sent."""
     results: list[NotifyResult] = []
-    pending: Notification | None = None
+    pending: tuple[Notification, NotifyResult] | None = None
     with open_client(app.settings, app.environ) as client:
         outbox = GraphOutbox(client)
+        drafts, refused = _make_drafts(app, outbox, plan)
         for mail in plan:
+            key = mail.notification.key
             with app.store.transaction() as txn:
                 if pending is not None:
-                    _record(txn, pending, results[-1])
-                n = _mark_sending(txn, mail, app.now())
+                    _record(txn, *pending)
+                if key in drafts:
+                    n = _mark_sending(txn, mail, app.now())
+            if key not in drafts:
+                pending = _failed(app, mail, refused.get(key, "no draft"))
+                results.append(pending[1])
+                continue
             try:
-                n, result = await _send_one(app, outbox, mail, n, sleep)
-            except (GraphAuthError, GraphError) as exc:
+                pending = await _send_one(app, outbox, mail, n, drafts[key], sleep)
+            except GraphError as exc:
                 if not _may_have_left(exc):
                     _unsent(app, n, exc)
                 raise
-            pending = n
-            results.append(result)
+            results.append(pending[1])
     if pending is not None:
         with app.store.transaction() as txn:
-            _record(txn, pending, results[-1])
+            _record(txn, *pending)
     return results
 
 
@@ -115,40 +149,71 @@ def _may_have_left(exc: GraphError) -> bool:
     return isinstance(exc, GraphLinkError) and exc.reached
 
 
-async def _send_one(app: App, outbox: GraphOutbox, mail: OutgoingMail, n: Notification,
-                    sleep: Sleep) -> tuple[Notification, NotifyResult]:
+def _failed(app: App, mail: OutgoingMail, why: str) -> tuple[Notification, NotifyResult]:
     r = mail.recipient
+    n = (app.store.snapshot().notification(mail.notification.key) or mail.notification).with_(
+        state=NotificationState.FAILED, updated_at=app.now(), last_error=why)
+    return n, NotifyResult(r.email, r.name, r.role, "failed", why, n.message_id)
 
-    def done(state: NotificationState, outcome: str, detail: str,
-             draft: str | None) -> tuple[Notification, NotifyResult]:
-        now = app.now()
-        updated = n.with_(state=state, updated_at=now, last_error=detail or None, draft_id=draft,
-                          sent_at=now if state is NotificationState.SENT else n.sent_at)
-        return updated, NotifyResult(r.email, r.name, r.role, outcome, detail, n.message_id)
 
-    draft = n.draft_id
-    if draft is not None or n.attempts > 1:  # an earlier attempt may have made a draft
-        found = outbox.find(n.message_id)
-        if found.sent:
-            return done(NotificationState.SENT, "sent", "", None)
-        draft = found.draft_id
-    if draft is None:
+def _make_drafts(app: App, outbox: GraphOutbox, plan: Sequence[OutgoingMail]
+                 ) -> tuple[dict[str, str], dict[str, str]]:
+    """Draft ids by notification key (stored before any send), and the refusals (a draft
+    Graph would not create, e.g. an invalid address). A draft stored by an earlier run is
+    reused while it is still a draft; one whose id was lost in a crash is found by its
+    Message-ID in Drafts. Stops (raises) when Graph is unreachable, refuses the token or
+    permission, or the mailbox is full: what was made by then is stored first."""
+    view = app.store.snapshot()
+    drafts: dict[str, str] = {}
+    for mail in plan:
+        stored = view.notification(mail.notification.key)
+        if stored is not None and stored.draft_id and outbox.is_draft(stored.draft_id):
+            drafts[mail.notification.key] = stored.draft_id
+    missing = [m for m in plan if m.notification.key not in drafts]
+    if missing:
+        strays = outbox.drafts_by_message_id()
+        for mail in missing:
+            if mail.message_id in strays:
+                drafts[mail.notification.key] = strays[mail.message_id]
+    todo = [m for m in missing if m.notification.key not in drafts]
+    refused: dict[str, str] = {}
+    stop: GraphError | None = None
+
+    def create(mail: OutgoingMail) -> tuple[str, str | None, GraphError | None]:
         try:
-            draft = _create(outbox, mail, app)
-        except GraphLinkError:
-            raise  # Graph unreachable: the run stops, the message stays pending
+            return mail.notification.key, _create(outbox, mail, app), None
         except GraphError as exc:
-            if isinstance(exc, GraphAuthError) or exc.code == "ErrorQuotaExceeded":
-                raise
-            return done(NotificationState.FAILED, "failed", str(exc), None)
-        with app.store.transaction() as txn:
-            current = txn.notification(n.key) or n
-            txn.put_notification(current.with_(draft_id=draft))
-        n = n.with_(draft_id=draft)
+            return mail.notification.key, None, exc
+
+    with ThreadPoolExecutor(MAX_IN_FLIGHT) as pool:
+        for key, draft, exc in pool.map(create, todo):
+            if draft is not None:
+                drafts[key] = draft
+            elif isinstance(exc, GraphAuthError | GraphLinkError) or (
+                    exc is not None and exc.code == "ErrorQuotaExceeded"):
+                stop = stop or exc
+            elif exc is not None:
+                refused[key] = str(exc)
+    with app.store.transaction() as txn:
+        for key, draft in drafts.items():
+            current = txn.notification(key)
+            if current is not None and current.draft_id != draft:
+                txn.put_notification(current.with_(draft_id=draft))
+    if stop is not None:
+        raise stop
+    return drafts, refused
+
+
+async def _send_one(app: App, outbox: GraphOutbox, mail: OutgoingMail, n: Notification,
+                    draft: str, sleep: Sleep) -> tuple[Notification, NotifyResult]:
     state, detail = await _send_draft(outbox, n.message_id, draft, sleep)
     outcome = {NotificationState.SENT: "sent", NotificationState.UNKNOWN: "unknown",
                NotificationState.PENDING: "deferred", NotificationState.FAILED: "failed"}[state]
-    return done(state, outcome, detail, draft)
+    now = app.now()
+    r = mail.recipient
+    updated = n.with_(state=state, updated_at=now, last_error=detail or None, draft_id=draft,
+                      sent_at=now if state is NotificationState.SENT else n.sent_at)
+    return updated, NotifyResult(r.email, r.name, r.role, outcome, detail, n.message_id)
 
 
 def _create(outbox: GraphOutbox, mail: OutgoingMail, app: App) -> str:

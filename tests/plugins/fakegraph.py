@@ -57,7 +57,9 @@ Assumed (not documented, or not precisely):
 from __future__ import annotations
 
 import email
+import email.message
 import email.policy
+import functools
 import itertools
 import json
 import re
@@ -112,13 +114,17 @@ class Message:
     seq: int = 0  # the change counter when it last changed
     hidden_looks: int = 0  # Sent Items: looks left before it shows
 
+    @functools.cached_property
+    def parsed(self) -> email.message.Message:
+        """The header block, parsed once (the MIME of a message never changes)."""
+        head = self.mime.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+        return email.message_from_bytes(head + b"\r\n\r\n", policy=email.policy.compat32)
+
     def header_list(self) -> list[dict[str, str]]:
-        msg = email.message_from_bytes(self.mime, policy=email.policy.compat32)
-        return [{"name": k, "value": str(v)} for k, v in msg.items()]
+        return [{"name": k, "value": str(v)} for k, v in self.parsed.items()]
 
     def header(self, name: str) -> str | None:
-        msg = email.message_from_bytes(self.mime, policy=email.policy.compat32)
-        value = msg.get(name)
+        value = self.parsed.get(name)
         return None if value is None else " ".join(str(value).split())
 
 
@@ -356,6 +362,7 @@ def _handler(graph: FakeGraph) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are separate writes
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -91,8 +91,9 @@ class Routes:
             if "$deltatoken" in query:
                 state = {**state, "s": state["e"], "e": self.g.last_seq, "o": 0}
         size = _page_size(self.headers.get("Prefer"))
-        changes = self._changes(box, folder, state["s"], state["e"], state["sel"])
-        page = changes[state["o"]:state["o"] + size]
+        changes = self._changes(box, folder, state["s"], state["e"])
+        page = [self._json(box, change, state["sel"])
+                for change in changes[state["o"]:state["o"] + size]]
         result: dict[str, Any] = {"value": page}
         if state["o"] + size < len(changes):
             result["@odata.nextLink"] = self._link(box, folder, {**state, "o": state["o"] + size},
@@ -107,15 +108,22 @@ class Routes:
             "Prefer") else {}
         return 200, result, headers
 
-    def _changes(self, box: Mailbox, folder: Folder, after: int, upto: int,
-                 select: list[str]) -> list[dict[str, Any]]:
+    def _changes(self, box: Mailbox, folder: Folder, after: int, upto: int
+                 ) -> list[tuple[int, Any]]:
+        """(change number, message or removed id) in the window, oldest first."""
+        items: list[tuple[int, Any]] = [(m.seq, m) for m in box.messages.values()
+                                        if m.folder == folder.id and after < m.seq <= upto]
+        items += [(seq, mid) for seq, fid, mid in box.removed
+                  if fid == folder.id and after < seq <= upto]
+        return sorted(items, key=lambda x: x[0])
+
+    def _json(self, box: Mailbox, change: tuple[int, Any], select: list[str]) -> dict[str, Any]:
         from tests.plugins.fakegraph import message_json
 
-        items = [(m.seq, message_json(m, select, box)) for m in box.messages.values()
-                 if m.folder == folder.id and after < m.seq <= upto]
-        items += [(seq, {"id": mid, "@removed": {"reason": "deleted"}})
-                  for seq, fid, mid in box.removed if fid == folder.id and after < seq <= upto]
-        return [doc for _, doc in sorted(items, key=lambda x: x[0])]
+        item = change[1]
+        if isinstance(item, str):
+            return {"id": item, "@removed": {"reason": "deleted"}}
+        return message_json(item, select, box)
 
     def _link(self, box: Mailbox, folder: Folder, state: dict[str, Any] | None,
               name: str = "") -> str:
