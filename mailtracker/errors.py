@@ -256,3 +256,8 @@ class GraphLinkError(GraphError, ConnectionError):
     def __init__(self, message: str, *, host: str | None = None, reached: bool = True):
         self.reached = reached
         super().__init__(message, host=host)
+
+
+class GraphThrottledError(GraphError):
+    """Graph still answered 429 (or 503 with Retry-After) after every retry: the request was
+    not processed, so it is safe to make again later."""

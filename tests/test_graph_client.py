@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mailtracker.errors import GraphAuthError, GraphError, GraphLinkError
+from mailtracker.errors import GraphAuthError, GraphError, GraphLinkError, GraphThrottledError
 from mailtracker.graph import open_client
 from mailtracker.graph.http import GraphClient
 from mailtracker.settings.config import load_settings
@@ -75,9 +75,9 @@ def test_429_and_503_wait_as_told(client: GraphClient, fake_graph: FakeGraph) ->
 def test_throttling_gives_up_after_the_retries(client: GraphClient,
                                                fake_graph: FakeGraph) -> None:
     fake_graph.fail("GET", "/delta", status=429, retry_after=1, times=50)
-    with pytest.raises(GraphError) as info:
+    with pytest.raises(GraphThrottledError) as info:
         _delta(client)
-    assert info.value.status == 429
+    assert info.value.status == 429 and "nothing was done" in str(info.value)
     assert len(client.sleeps) == 5  # type: ignore[attr-defined]
 
 

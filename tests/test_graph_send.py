@@ -247,3 +247,24 @@ def test_full_mailbox_stops_and_loses_nothing(ws: Workspace, fake_graph: FakeGra
     fake_graph.quota_exceeded = False
     notify(ws)
     exactly_once(ws, fake_graph)
+
+
+def test_throttled_past_every_retry_stays_pending(ws: Workspace, fake_graph: FakeGraph) -> None:
+    """Graph did not process a throttled request: the mail waits for the next run."""
+    fake_graph.fail("POST", "/send", status=429, retry_after=0, times=6)
+    result = notify(ws, 11)
+    assert "throttling" in result.output and "deferred" in result.output
+    assert len(fake_graph.outgoing) == 2
+    notify(ws)
+    exactly_once(ws, fake_graph)
+
+
+def test_lost_answer_without_retry_after_is_settled_in_sent_items(
+        ws: Workspace, fake_graph: FakeGraph) -> None:
+    """A 504 may come after Exchange took the mail: look, do not send again."""
+    fake_graph.drop_after("POST", "/send")  # accepted; the client then sees no answer
+    fake_graph.fail("POST", "/send", status=504, times=1)  # not accepted, no Retry-After
+    notify(ws, 11)
+    states = {r["notification"] for r in rows(ws).values()}
+    assert states == {"sent", "unknown"}
+    assert len(fake_graph.outgoing) == 2

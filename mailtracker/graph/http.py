@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from mailtracker.errors import GraphAuthError, GraphError, GraphLinkError
+from mailtracker.errors import GraphAuthError, GraphError, GraphLinkError, GraphThrottledError
 
 if TYPE_CHECKING:
     from mailtracker.settings.graphconfig import GraphSettings
@@ -167,6 +167,12 @@ class GraphClient:
                          attempt, self._retries)
                 self._sleep(wait)
                 continue
+            if wait is not None:
+                code = _error_of(response)[0]
+                raise GraphThrottledError(
+                    f"{self.host}: Microsoft Graph is throttling ({response.status} {code}) "
+                    f"after {self._retries} retries; nothing was done, try again later",
+                    host=self.host, status=response.status, code=code)
             if response.status >= 400:
                 raise self._error(response, need, url)
             return response

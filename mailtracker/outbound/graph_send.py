@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from email import policy
 
 from mailtracker.app import App
-from mailtracker.errors import GraphAuthError, GraphError, GraphLinkError
+from mailtracker.errors import GraphAuthError, GraphError, GraphLinkError, GraphThrottledError
 from mailtracker.graph import open_client
 from mailtracker.graph.http import IMMUTABLE_IDS, MAX_IN_FLIGHT, GraphClient
 from mailtracker.models import Notification, NotificationState
@@ -189,7 +189,7 @@ def _make_drafts(app: App, outbox: GraphOutbox, plan: Sequence[OutgoingMail]
         for key, draft, exc in pool.map(create, todo):
             if draft is not None:
                 drafts[key] = draft
-            elif isinstance(exc, GraphAuthError | GraphLinkError) or (
+            elif isinstance(exc, GraphAuthError | GraphLinkError | GraphThrottledError) or (
                     exc is not None and exc.code == "ErrorQuotaExceeded"):
                 stop = stop or exc
             elif exc is not None:
@@ -244,6 +244,8 @@ async def _send_draft(outbox: GraphOutbox, message_id: str, draft: str, sleep: S
             await sleep(GRACE[min(attempt, len(GRACE) - 1)])
         except GraphAuthError:
             raise
+        except GraphThrottledError as exc:  # not processed: safe to send on the next run
+            return NotificationState.PENDING, f"not sent (will retry on the next run): {exc}"
         except GraphError as exc:
             if exc.code == "ErrorQuotaExceeded":
                 raise
