@@ -151,3 +151,13 @@ def test_at_most_four_requests_in_flight(client: GraphClient, fake_graph: FakeGr
         list(pool.map(lambda _: client.request("GET", url, need="Mail.Read"), range(60)))
     assert fake_graph.max_in_flight <= 4
     assert client.sleeps == []  # type: ignore[attr-defined]  # never throttled
+
+
+def test_one_module_imports_httpx() -> None:
+    """issue 14: plain httpx, in one module (no SDK)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "mailtracker"
+    importers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                       if "import httpx" in p.read_text(encoding="utf-8"))
+    assert importers == ["graph/http.py"]

@@ -2,8 +2,10 @@
 
 ``sendMail`` answers ``202`` with no id, so it cannot tell a lost answer from a lost mail. So
 each message (its MIME, with our Message-ID, ``.ics`` attachments and all) is first created as
-a draft (``POST /users/{mailbox}/messages``, ``Prefer: IdType="ImmutableId"``); the draft's id
-is stored; then the draft is sent (``POST …/messages/{id}/send``).
+a draft (``POST /users/{mailbox}/messages``, ``Prefer: IdType="ImmutableId"``): all of a run's
+drafts first, up to 4 at once, their ids stored in one write. Then, message by message, one
+write marks it ``sending`` and its draft is sent (``POST …/messages/{id}/send``). A draft
+whose id a crash lost is found again by its Message-ID in Drafts, not made twice.
 
 After a lost answer the message is looked for by its ``internetMessageId``, never sent blindly:
 
@@ -16,8 +18,9 @@ After a lost answer the message is looked for by its ``internetMessageId``, neve
 A run killed while a message was ``sending`` is settled the same way at the next start
 (:func:`recover`): no draft id stored means ``send`` was never called, so it goes back to
 ``pending``. ``429``/``503`` with ``Retry-After`` are waited out by the client (Graph did not
-process them). A refused token (exit 13), a missing permission or a full mailbox stop the
-run; the message then goes back to ``pending`` (nothing was sent).
+process them); still throttled after every retry, the message stays ``pending``. Graph
+unreachable, a refused token (exit 13), a missing permission or a full mailbox stop the run;
+the message then goes back to ``pending`` (nothing was sent).
 """
 
 from __future__ import annotations

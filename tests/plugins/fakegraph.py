@@ -61,18 +61,15 @@ import email.message
 import email.policy
 import functools
 import itertools
-import json
-import re
 import secrets
 import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parseaddr
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import jwt
 import pytest
@@ -160,7 +157,9 @@ class FakeGraph:
         self.idp = idp
         self._lock = threading.RLock()
         self.reset()
-        self._server = ThreadingHTTPServer((self.host, 0), _handler(self))
+        from tests.plugins.fakegraph_routes import handler  # a plugin too: imported late
+
+        self._server = ThreadingHTTPServer((self.host, 0), handler(self))
         self._server.socket = ca.server_context().wrap_socket(self._server.socket,
                                                               server_side=True)
         self.port = self._server.server_address[1]
@@ -228,6 +227,8 @@ class FakeGraph:
         box = self.mailboxes[address.lower()]
         target = (box.well_known(folder) if folder in WELL_KNOWN
                   else next(f for f in box.folders.values() if f.name == folder))
+        from tests.plugins.fakegraph_routes import exchange_stamp
+
         stamped = exchange_stamp(raw, dmarc=dmarc, header_from=header_from,
                                  tenant=tenant or self.idp.tenant)
         with self._lock:
@@ -321,118 +322,6 @@ def _new_id() -> str:
     return "AAMk" + secrets.token_urlsafe(24)
 
 
-def message_json(msg: Message, select: list[str] | None, box: Mailbox) -> dict[str, Any]:
-    frm = parseaddr(msg.header("From") or "")
-    full: dict[str, Any] = {
-        "id": msg.id, "parentFolderId": msg.folder, "isDraft": msg.is_draft,
-        "subject": msg.header("Subject"), "internetMessageId": msg.header("Message-ID"),
-        "receivedDateTime": msg.received.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "from": {"emailAddress": {"name": frm[0], "address": frm[1]}} if frm[1] else None,
-        "categories": list(msg.categories), "conversationId": "AAQk" + msg.id[-8:],
-    }
-    sent_items = box.well_known("sentitems").id
-    if not msg.is_draft and msg.folder != sent_items:
-        full["internetMessageHeaders"] = msg.header_list()
-    if full["internetMessageId"] is None:
-        del full["internetMessageId"]
-    if select:
-        return {k: v for k, v in full.items() if k in select or k == "id"}
-    return {k: v for k, v in full.items() if k != "internetMessageHeaders"}
-
-
-def exchange_stamp(raw: bytes, *, dmarc: str, header_from: str | None, tenant: str) -> bytes:
-    """Rename upstream Authentication-Results to ``-Original``; prepend Exchange's own."""
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        head, sep, body = raw.partition(b"\n\n")
-    nl = b"\r\n" if sep == b"\r\n\r\n" else b"\n"
-    head = re.sub(rb"(?im)^Authentication-Results:", b"Authentication-Results-Original:", head)
-    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-    domain = header_from or parseaddr(str(msg.get("From", "")))[1].rpartition("@")[2]
-    ar = (f"Authentication-Results: spf=pass (sender IP is 192.0.2.25) "
-          f"smtp.mailfrom={domain}; dkim=pass (signature was verified) header.d={domain};"
-          f"dmarc={dmarc} action=none header.from={domain};compauth="
-          f"{'pass' if dmarc == 'pass' else 'fail'} reason=100").encode()
-    top = ar + nl + f"X-MS-Exchange-CrossTenant-Id: {tenant}".encode() + nl
-    return top + head + sep + body
-
-
-def _handler(graph: FakeGraph) -> type[BaseHTTPRequestHandler]:
-    from tests.plugins.fakegraph_routes import Routes
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # headers and body are separate writes
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-        def do_PATCH(self) -> None:
-            self._serve("PATCH")
-
-        def _serve(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            parts = urllib.parse.urlsplit(self.path)
-            with graph._lock:
-                graph.requests.append((method, parts.path))
-                graph.in_flight += 1
-                graph.max_in_flight = max(graph.max_in_flight, graph.in_flight)
-                crowded = graph.in_flight > MAX_CONCURRENT
-            try:
-                if crowded:
-                    raise GraphError(429, "ApplicationThrottled", "Too many concurrent "
-                                     "requests", {"Retry-After": "1"})
-                fault = self._fault(method, parts.path)
-                if fault is not None and not fault.drop:
-                    headers = ({"Retry-After": str(fault.retry_after)}
-                               if fault.retry_after is not None else {})
-                    raise GraphError(fault.status, fault.code, "injected fault", headers)
-                with graph._lock:
-                    status, payload, headers = Routes(graph, self.headers).route(
-                        method, parts.path, urllib.parse.parse_qs(parts.query), body)
-                if fault is not None:  # the work is done; the answer is lost
-                    self.close_connection = True
-                    self.connection.shutdown(2)
-                    return
-                self._send(status, payload, headers)
-            except GraphError as exc:
-                self._send(exc.status, {"error": {"code": exc.code, "message": exc.message}},
-                           exc.headers)
-            finally:
-                with graph._lock:
-                    graph.in_flight -= 1
-
-        def _fault(self, method: str, path: str) -> Fault | None:
-            with graph._lock:
-                for fault in graph.faults:
-                    if fault.method == method and fault.path_part in path and fault.times > 0:
-                        fault.times -= 1
-                        return fault
-            return None
-
-        def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
-            data = (payload if isinstance(payload, bytes)
-                    else b"" if payload is None else json.dumps(payload).encode())
-            self.send_response(status)
-            ctype = "message/rfc822" if isinstance(payload, bytes) else "application/json"
-            if data:
-                self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-
-    return Handler
-
-
 APP_ID = "mt-graph-app"
 SECRET_ENV = "MT_TEST_GRAPH_SECRET"
 MAILBOX = "efaktura8b@kommune.example"
@@ -474,5 +363,4 @@ def fake_graph(fake_graph_server: FakeGraph, fake_idp: FakeIdP) -> FakeGraph:
     return fake_graph_server
 
 
-__all__ = ["APP_ID", "MAILBOX", "SECRET_ENV", "FakeGraph", "GraphError", "Message",
-           "exchange_stamp", "message_json"]
+__all__ = ["APP_ID", "MAILBOX", "SECRET_ENV", "FakeGraph", "GraphError", "Message"]

@@ -1,19 +1,24 @@
-"""The request routing of :mod:`tests.plugins.fakegraph` (what each Graph URL does)."""
+"""The HTTP side of :mod:`tests.plugins.fakegraph`: what each Graph URL does, the JSON of a
+message, Exchange's stamping of incoming mail, and the request handler (faults, limits)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import email
+import email.policy
 import json
 import re
 import urllib.parse
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.message import Message as EmailMsg
+from email.utils import parseaddr
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tests.plugins.fakegraph import FakeGraph, Folder, Mailbox
+    from tests.plugins.fakegraph import FakeGraph, Folder, Mailbox, Message
 
 Answer = tuple[int, Any, dict[str, str]]
 _USER = r"/v1\.0/users/(?P<u>[^/]+)"
@@ -118,8 +123,6 @@ class Routes:
         return sorted(items, key=lambda x: x[0])
 
     def _json(self, box: Mailbox, change: tuple[int, Any], select: list[str]) -> dict[str, Any]:
-        from tests.plugins.fakegraph import message_json
-
         item = change[1]
         if isinstance(item, str):
             return {"id": item, "@removed": {"reason": "deleted"}}
@@ -135,7 +138,7 @@ class Routes:
         return f"{base}?{name}={token}"
 
     def list(self, box: Mailbox, f: str, query: dict[str, list[str]], **_: Any) -> Answer:
-        from tests.plugins.fakegraph import GraphError, message_json
+        from tests.plugins.fakegraph import GraphError
 
         folder = self.g.folder(box, f)
         flt = (query.get("$filter") or [""])[0]
@@ -151,8 +154,6 @@ class Routes:
 
     def get_message(self, box: Mailbox, m: str, query: dict[str, list[str]],
                     **_: Any) -> Answer:
-        from tests.plugins.fakegraph import message_json
-
         select = [s for s in (query.get("$select") or [""])[0].split(",") if s]
         return 200, message_json(self.g.message(box, m), select or None, box), {}
 
@@ -162,7 +163,7 @@ class Routes:
     # -- writing -------------------------------------------------------------------------
 
     def create(self, box: Mailbox, body: bytes, **_: Any) -> Answer:
-        from tests.plugins.fakegraph import GraphError, Message, _new_id, message_json
+        from tests.plugins.fakegraph import GraphError, Message, _new_id
 
         if (self.headers.get("Content-Type") or "").startswith("text/plain"):
             try:
@@ -193,7 +194,7 @@ class Routes:
         return 202, None, {}
 
     def move(self, box: Mailbox, m: str, body: bytes, **_: Any) -> Answer:
-        from tests.plugins.fakegraph import _new_id, message_json
+        from tests.plugins.fakegraph import _new_id
 
         msg = self.g.message(box, m)
         target = self.g.folder(box, json.loads(body)["destinationId"])
@@ -206,8 +207,6 @@ class Routes:
         return 201, message_json(msg, None, box), {}
 
     def patch(self, box: Mailbox, m: str, body: bytes, **_: Any) -> Answer:
-        from tests.plugins.fakegraph import message_json
-
         msg = self.g.message(box, m)
         changes = json.loads(body)
         if "categories" in changes:
@@ -237,3 +236,115 @@ def _json_to_mime(doc: dict[str, Any], mailbox: str) -> bytes:
         msg[header["name"]] = header["value"]
     msg.set_content(doc.get("body", {}).get("content", ""))
     return msg.as_bytes()
+
+
+def message_json(msg: Message, select: list[str] | None, box: Mailbox) -> dict[str, Any]:
+    frm = parseaddr(msg.header("From") or "")
+    full: dict[str, Any] = {
+        "id": msg.id, "parentFolderId": msg.folder, "isDraft": msg.is_draft,
+        "subject": msg.header("Subject"), "internetMessageId": msg.header("Message-ID"),
+        "receivedDateTime": msg.received.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "from": {"emailAddress": {"name": frm[0], "address": frm[1]}} if frm[1] else None,
+        "categories": list(msg.categories), "conversationId": "AAQk" + msg.id[-8:],
+    }
+    sent_items = box.well_known("sentitems").id
+    if not msg.is_draft and msg.folder != sent_items:
+        full["internetMessageHeaders"] = msg.header_list()
+    if full["internetMessageId"] is None:
+        del full["internetMessageId"]
+    if select:
+        return {k: v for k, v in full.items() if k in select or k == "id"}
+    return {k: v for k, v in full.items() if k != "internetMessageHeaders"}
+
+
+def exchange_stamp(raw: bytes, *, dmarc: str, header_from: str | None, tenant: str) -> bytes:
+    """Rename upstream Authentication-Results to ``-Original``; prepend Exchange's own."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        head, sep, body = raw.partition(b"\n\n")
+    nl = b"\r\n" if sep == b"\r\n\r\n" else b"\n"
+    head = re.sub(rb"(?im)^Authentication-Results:", b"Authentication-Results-Original:", head)
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    domain = header_from or parseaddr(str(msg.get("From", "")))[1].rpartition("@")[2]
+    ar = (f"Authentication-Results: spf=pass (sender IP is 192.0.2.25) "
+          f"smtp.mailfrom={domain}; dkim=pass (signature was verified) header.d={domain};"
+          f"dmarc={dmarc} action=none header.from={domain};compauth="
+          f"{'pass' if dmarc == 'pass' else 'fail'} reason=100").encode()
+    top = ar + nl + f"X-MS-Exchange-CrossTenant-Id: {tenant}".encode() + nl
+    return top + head + sep + body
+
+
+def handler(graph: FakeGraph) -> type[BaseHTTPRequestHandler]:
+    from tests.plugins.fakegraph import MAX_CONCURRENT, Fault, GraphError
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are separate writes
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def do_PATCH(self) -> None:
+            self._serve("PATCH")
+
+        def _serve(self, method: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            parts = urllib.parse.urlsplit(self.path)
+            with graph._lock:
+                graph.requests.append((method, parts.path))
+                graph.in_flight += 1
+                graph.max_in_flight = max(graph.max_in_flight, graph.in_flight)
+                crowded = graph.in_flight > MAX_CONCURRENT
+            try:
+                if crowded:
+                    raise GraphError(429, "ApplicationThrottled", "Too many concurrent "
+                                     "requests", {"Retry-After": "1"})
+                fault = self._fault(method, parts.path)
+                if fault is not None and not fault.drop:
+                    headers = ({"Retry-After": str(fault.retry_after)}
+                               if fault.retry_after is not None else {})
+                    raise GraphError(fault.status, fault.code, "injected fault", headers)
+                with graph._lock:
+                    status, payload, headers = Routes(graph, self.headers).route(
+                        method, parts.path, urllib.parse.parse_qs(parts.query), body)
+                if fault is not None:  # the work is done; the answer is lost
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self._send(status, payload, headers)
+            except GraphError as exc:
+                self._send(exc.status, {"error": {"code": exc.code, "message": exc.message}},
+                           exc.headers)
+            finally:
+                with graph._lock:
+                    graph.in_flight -= 1
+
+        def _fault(self, method: str, path: str) -> Fault | None:
+            with graph._lock:
+                for fault in graph.faults:
+                    if fault.method == method and fault.path_part in path and fault.times > 0:
+                        fault.times -= 1
+                        return fault
+            return None
+
+        def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
+            data = (payload if isinstance(payload, bytes)
+                    else b"" if payload is None else json.dumps(payload).encode())
+            self.send_response(status)
+            ctype = "message/rfc822" if isinstance(payload, bytes) else "application/json"
+            if data:
+                self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
