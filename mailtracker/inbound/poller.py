@@ -9,6 +9,7 @@ rescans the folder, deduplicated by Message-ID. Fetching uses BODY.PEEK and neve
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -353,7 +354,9 @@ def run_watch_forever(app: App, *, health_interval: float = 3600.0) -> None:
     from mailtracker.inbound.watch import run_watch
 
     settings = imap_settings(app)
-    with app.store.exclusive("inbound", "'mailtracker poll' or 'watch'"):
+    # One event loop for the watcher's whole life: each round's follow-ups run in it.
+    with app.store.exclusive("inbound", "'mailtracker poll' or 'watch'"), \
+            asyncio.Runner() as loop:
         run_watch(lambda: open_mailbox(app), lambda mb: poll_once(app, mb),
                   wait_seconds=settings.watch_interval,
-                  health_interval=health_interval, after_poll=lambda: tick_sync(app))
+                  health_interval=health_interval, after_poll=lambda: tick_sync(app, loop))
