@@ -364,12 +364,14 @@ class Store:
     @contextmanager
     def _locked(self, suffix: str, timeout: float,
                 busy: Callable[[], StoreLockedError]) -> Iterator[None]:
-        from mailtracker.store.flock import Lock, LockTimeout, NestedLock
+        from filelock import FileLock, Timeout
 
-        lock = Lock(self._lock_path(suffix))
+        # flock(2) through filelock, on a file beside the state file; each FileLock opens its
+        # own file, so two threads exclude each other as two processes do.
+        lock = FileLock(self._lock_path(suffix), is_singleton=False)
         try:
-            lock.acquire(timeout)
-        except (LockTimeout, NestedLock):  # nested: held by this thread, busy all the same
+            lock.acquire(timeout=timeout)
+        except Timeout:
             raise busy() from None
         except OSError as exc:
             raise StoreError(f"cannot open the lock file {self.path.name}{suffix}: "
