@@ -343,8 +343,13 @@ def status(state: CliState, as_json: bool, fmt: str | None) -> None:
 
     app = state.app()
     view = app.store.snapshot()
+    restored = app.store.unrecorded_sends()
     report = build_report(app.task, view, organisation=app.settings.organisation, now=app.now(),
-                          warnings=[*app.store.warnings, *trust_warnings(app.settings)],
+                          warnings=[*app.store.warnings, *trust_warnings(app.settings),
+                                    *([f"{len(restored)} mail(s) went out that this state file "
+                                       "does not record (restored from an older backup?); "
+                                       "notify and tick refuse until that is settled"]
+                                      if restored else [])],
                           trust=trust_mode(app.settings))
     if as_json:
         _echo_json(to_json(report))

@@ -118,6 +118,11 @@ class StoreCorruptError(StoreError):
     """The state file is not valid mailtracker JSON."""
 
 
+class StoreRestoredError(StoreError):
+    """The state file is older than the mail that went out (restored from an older backup?):
+    sending now could send a second copy."""
+
+
 class StoreFullError(StoreError, OSError):
     """The disk is full; the write was abandoned and the old state file kept."""
 

@@ -124,7 +124,9 @@ async def run_tick(app: App, *, dry_run: bool = False, sleep: Sleep = asyncio.sl
     Raises ``StoreLockedError`` if another ``notify`` or ``tick`` is running, ``ConfigError``
     without ``[smtp]`` when something is due, ``SmtpError`` when the server cannot be used.
     A template that fails to render is reported per mail and does not stop the others.
+    Raises ``StoreRestoredError`` when the state is older than the mail that went out.
     """
+    app.store.refuse_if_restored()
     if dry_run:
         plan, mails, results = _prepare(app)
         if preview_dir is not None:

@@ -23,7 +23,12 @@ from typing import Any, TypeVar
 from tinydb import TinyDB
 from tinydb.table import Document, Table
 
-from mailtracker.errors import StoreError, StoreLockedError
+from mailtracker.errors import (
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+    StoreRestoredError,
+)
 from mailtracker.models import (
     DeliveryState,
     HandledMessage,
@@ -37,11 +42,11 @@ from mailtracker.models import (
     UnparseableEntry,
     Watermark,
 )
-from mailtracker.store import handled
+from mailtracker.store import handled, ledger
 from mailtracker.store.buffer import StateDB, TransactionStorage
 from mailtracker.store.codec import from_doc, to_doc
 from mailtracker.store.handled import HandledIndex
-from mailtracker.store.storage import StateFile
+from mailtracker.store.storage import Loaded, StateFile
 
 SCHEMA_VERSION = 2
 
@@ -261,6 +266,7 @@ class Store:
         self.path = path
         self.lock_timeout = lock_timeout
         self._file = StateFile(path, lambda data: _migrate(data, path))
+        self._ledger = ledger.SentLedger(path)
         self.warnings: tuple[str, ...] = ()  # what the last read found wrong but survivable
 
     def _lock_path(self, suffix: str) -> Path:
@@ -269,7 +275,7 @@ class Store:
     def snapshot(self) -> StateView:
         """A consistent read-only view (no lock needed: writes replace the snapshot
         atomically, and a reader never replays a journal line that was not committed)."""
-        loaded = self._file.load()
+        loaded = self._load()
         self.warnings = loaded.warnings
         buffer = TransactionStorage(loaded.data)
         buffer.closed = True
@@ -284,15 +290,65 @@ class Store:
                 f"{self.lock_timeout:g} s; try again when it is done", path=self.path)):
             buffer: TransactionStorage | None = None
             try:
-                loaded = self._file.load()
+                loaded = self._load()
                 buffer = TransactionStorage(loaded.data)
                 db = StateDB(storage=lambda: buffer)
                 yield Transaction(db)
                 if buffer.dirty or loaded.snapshot is None:
-                    self._file.commit(loaded, buffer.data, buffer.ops())
+                    ops = buffer.ops()
+                    self._file.commit(loaded, buffer.data, ops)
+                    self._record_sent(loaded.data, buffer.data, ops)
             finally:
                 if buffer is not None:
                     buffer.closed = True
+
+    def _load(self) -> Loaded:
+        """The state; a missing state file whose ledger shows mail went out is damaged, never
+        a new task (everyone would be sent their mail again)."""
+        loaded = self._file.load()
+        if loaded.snapshot is None and self._ledger.read():
+            raise StoreCorruptError(
+                f"the state file is missing, but {self._ledger.path.name} shows mail was sent "
+                "from it: restore the state file and its journal from your backup (nothing "
+                "was written)", path=self.path)
+        return loaded
+
+    def _record_sent(self, before: dict[str, Any], after: dict[str, Any],
+                     ops: list[list[Any]] | None) -> None:
+        """Keep the sent ledger in step with what the commit marked as gone (or removed)."""
+        old, new = before.get("outbox", {}), after.get("outbox", {})
+        if ops is not None:
+            touched = {str(op[1]) for op in ops if op[0] == "outbox"}
+            old = {d: old[d] for d in touched if d in old}
+            new = {d: new[d] for d in touched if d in new}
+        was, now = ledger.gone(old), ledger.gone(new)
+        added = [ledger.Entry(k, str(doc.get("message_id")),
+                              str(doc.get("sent_at") or doc.get("updated_at") or ""))
+                 for k, doc in now.items() if k not in was]
+        if added:
+            self._ledger.append(added)
+        dropped = {ledger.key_of(doc) for d, doc in old.items() if d not in new}
+        if dropped:
+            self._ledger.remove(dropped)
+
+    def unrecorded_sends(self) -> list[ledger.Entry]:
+        """Mail the ledger says left that the state file does not know: the state is older
+        than what happened (restored from an older backup?)."""
+        known = ledger.gone(self._load().data.get("outbox", {}))
+        return [e for e in self._ledger.read().values() if e.key not in known]
+
+    def refuse_if_restored(self) -> None:
+        """Raise StoreRestoredError before sending anything if the state is older than the
+        mail that went out (see ``store.ledger``)."""
+        missing = self.unrecorded_sends()
+        if missing:
+            first = min(missing, key=lambda e: e.at)
+            raise StoreRestoredError(
+                f"{len(missing)} mail(s) went out that this state file does not record (the "
+                f"first: {first.message_id} at {first.at[:16].replace('T', ' ')}); was it "
+                "restored from an older backup? Nothing was sent. Compare "
+                "'mailtracker status' with the Sent folder; if the state is right after all, "
+                f"move {self._ledger.path.name} aside and run again", path=self.path)
 
     @contextmanager
     def _locked(self, suffix: str, timeout: float,
