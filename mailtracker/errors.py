@@ -28,6 +28,7 @@ class ExitStatus(IntEnum):
     DELIVERY_FAILED = 11
     DEMO_FAILED = 12
     AUTH = 13
+    NOT_INSTALLED = 15  # an optional part is missing: an extra, or a program
     INTERRUPTED = 130
 
 
@@ -189,6 +190,13 @@ class DemoFailedError(MailtrackerError):
     """The demo did not reach the expected final state."""
 
     exit_status = ExitStatus.DEMO_FAILED
+
+
+class NotInstalledError(MailtrackerError):
+    """Something this command needs is not installed: an optional extra (the message says
+    which ``pip install 'mailtracker[…]'``) or a program such as Dovecot."""
+
+    exit_status = ExitStatus.NOT_INSTALLED
 
 
 # Likely causes of the commonest connection failures, by what the error text says; the first

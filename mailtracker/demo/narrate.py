@@ -13,7 +13,7 @@ from mailtracker.task.report import TaskReport, to_text
 if TYPE_CHECKING:
     from mailtracker.app import App
     from mailtracker.demo.mails import Inbound
-    from mailtracker.demo.servers import DemoServers, DemoTls
+    from mailtracker.demo.servers import DemoTls
     from mailtracker.inbound.poller import PollReport
     from mailtracker.outbound.notify import NotifyResult
 
@@ -35,15 +35,17 @@ class Narrator:
     def __call__(self, *lines: str) -> None:
         self.say(*lines)
 
-    def workspace(self, root: Path, config: Path, servers: DemoServers, tls: DemoTls) -> None:
-        self.say("mailtracker demo: Demo Kommune and the KLIK task eFaktura 8b, on embedded "
-                 "loopback servers", "",
+    def workspace(self, root: Path, config: Path, smtp_port: int, mailbox: str,
+                  tls: DemoTls) -> None:
+        """``mailbox``: which mailbox the demo reads, e.g. ``in-memory mailbox (no IMAP)``."""
+        self.say("mailtracker demo: Demo Kommune and the KLIK task eFaktura 8b, on loopback",
+                 "",
                  f"Workspace  {root}",
                  f"  config   {config} (the password is only in the demo's environment)",
-                 f"  SMTP     127.0.0.1:{servers.smtp_port}  submission: STARTTLS required, "
+                 f"  SMTP     aiosmtpd on 127.0.0.1:{smtp_port}  submission: STARTTLS required, "
                  "AUTH PLAIN/LOGIN",
-                 f"  IMAP     127.0.0.1:{servers.imap_port}  implicit TLS",
-                 f"  CA       {tls.ca_file} (made for this run; both servers' certificates "
+                 f"  mailbox  {mailbox}",
+                 f"  CA       {tls.ca_file} (made for this run; the servers' certificates "
                  "are verified against it)", "")
 
     def recipients(self, app: App) -> None:
@@ -79,9 +81,11 @@ class Narrator:
             self.say(*(f"     - {change}" for change in report.changes))
         self.say("")
 
-    def outcome(self, report: TaskReport, root: Path, arrivals: Sequence[str]) -> None:
+    def outcome(self, report: TaskReport, root: Path, arrivals: Sequence[str],
+                reports: Sequence[tuple[str, Path]] = ()) -> None:
         """``arrivals``: Message-IDs in the order the mail arrived, to order events of the
-        same second (IMAP's INTERNALDATE has whole seconds; the demo takes one or two)."""
+        same second (IMAP's INTERNALDATE has whole seconds; the demo takes one or two).
+        ``reports``: further files written from the final state, as ``(label, path)``."""
         self.say("Status timeline (Danish time)")
         rank = {message_id: n for n, message_id in enumerate(arrivals, 1)}
         events: list[tuple[datetime, int, str, str]] = [
@@ -104,7 +108,8 @@ class Narrator:
                  "Files", f"  sent mail   {root / 'sent'}",
                  f"  mailboxes   {root / 'mailboxes'} (every demo mailbox, one .eml per "
                  "message)",
-                 f"  store       {root / 'config' / 'mailtracker.json'}", "")
+                 f"  store       {root / 'config' / 'mailtracker.json'}",
+                 *(f"  {label:<11} {path}" for label, path in reports), "")
 
     def checks(self, checks: Sequence[tuple[str, bool]]) -> None:
         self.say("Expected final state")
