@@ -99,9 +99,10 @@ class DovecotPrograms:
 
 
 def find_dovecot() -> DovecotPrograms | None:
-    """``dovecot`` on PATH, else in ``/usr/sbin`` (not on a normal user's PATH), and its
-    ``dovecot-lda``; None if either is missing."""
-    found = shutil.which("dovecot") or shutil.which("dovecot", path="/usr/sbin:/usr/local/sbin")
+    """``dovecot`` on PATH and its ``dovecot-lda`` (on PATH, beside it, or where packages put
+    it); None if either is missing. Debian installs ``dovecot`` in ``/usr/sbin``, which is
+    on root's PATH but not a normal user's (``./run demo`` adds it)."""
+    found = shutil.which("dovecot")
     if found is None:
         return None
     places = os.pathsep.join([str(Path(found).parent), *_LDA_PLACES])

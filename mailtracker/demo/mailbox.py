@@ -230,10 +230,10 @@ class MemoryMailbox:
 class MemoryMailboxes:
     """The demo's accounts in memory: no IMAP server, the poller reads them directly."""
 
-    description = "in-memory mailbox (no IMAP)"
-
-    def __init__(self, accounts: dict[str, str], owner: str):
-        """``accounts``: address → password; ``owner``: the address the poller reads."""
+    def __init__(self, accounts: dict[str, str], owner: str, why: str = ""):
+        """``accounts``: address → password; ``owner``: the address the poller reads;
+        ``why``: why no real server is used, for :attr:`description`."""
+        self.description = "in-memory mailbox (no IMAP)" + (f": {why}" if why else "")
         self.accounts = {a.lower(): MemoryAccount(a, p) for a, p in accounts.items()}
         self.owner = owner.lower()
 

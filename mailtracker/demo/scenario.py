@@ -119,9 +119,9 @@ def run_demo(workdir: Path | None, keep: bool, lang: str, out: Callable[[str], N
     if mailbox not in MAILBOX_MODES:
         raise InvalidInputError(f"unknown mailbox {mailbox!r} (use auto, memory or dovecot)")
     if mailbox == "dovecot" and find_dovecot() is None:
-        raise NotInstalledError("--mailbox dovecot: Dovecot is not installed (no dovecot and "
-                                "dovecot-lda found); apt-get install dovecot-imapd, or use "
-                                "--mailbox memory")
+        raise NotInstalledError("--mailbox dovecot: no dovecot (with its dovecot-lda) on PATH; "
+                                "install it (Debian: apt-get install dovecot-imapd, into "
+                                "/usr/sbin) and put it on PATH, or use --mailbox memory")
     root = _prepare(workdir)
     narrator = Narrator(out)
     try:
@@ -219,7 +219,8 @@ def _mailboxes(mode: str, accounts: dict[str, str], tls: DemoTls
     owner = _person("sender").email
     programs = find_dovecot() if mode != "memory" else None
     if programs is None:
-        yield MemoryMailboxes(accounts, owner)
+        why = "" if mode == "memory" else "no dovecot on PATH"
+        yield MemoryMailboxes(accounts, owner, why)
         return
     with DovecotMailboxes(accounts, owner, tls, programs) as dovecot:
         yield dovecot
