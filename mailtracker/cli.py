@@ -119,7 +119,7 @@ def main(ctx: click.Context, config: str | None, debug: bool) -> None:
 
     Exit codes: 0 ok, 1 error, 2 usage, 3 config, 4 store, 5 store locked, 6 SMTP, 7 IMAP,
     8 template, 9 invalid input, 10 check failed, 11 delivery failed, 12 demo failed,
-    13 login refused, 15 not installed, 130 interrupted.
+    13 login refused, 14 optional part not installed, 130 interrupted.
     """
     if debug or ctx.invoked_subcommand not in QUIET_COMMANDS:
         from mailtracker.logsetup import setup_logging
@@ -346,6 +346,49 @@ def status(state: CliState, as_json: bool, fmt: str | None) -> None:
         click.echo(to_markdown(report))
     else:
         click.echo(to_text(report))
+
+
+# --------------------------------------------------------------------------- report
+
+
+@main.command()
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the dossier as one self-contained HTML file here.")
+@click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write it as a PDF/A here (needs: pip install 'mailtracker[pdf]').")
+@click.option("--lang", type=click.Choice(["da", "en"]), default=None,
+              help="Language of the dossier [default: the config's [task] language].")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON (the files written).")
+@pass_state
+def report(state: CliState, html_path: Path | None, pdf_path: Path | None, lang: str | None,
+           as_json: bool) -> None:
+    """Write the KLIK dossier: timeline, recipients, milestones with evidence, quarantine,
+    follow-ups. From the stored state alone: no network, nothing changed."""
+    if html_path is None and pdf_path is None:
+        raise click.UsageError("give --html PATH, --pdf PATH or both")
+    from mailtracker.dossier.model import build_dossier
+    from mailtracker.dossier.page import render_html, write_html, write_pdf
+    from mailtracker.settings.trustcheck import trust_mode, trust_warnings
+
+    app = state.app()
+    language = lang or app.settings.language
+    dossier = build_dossier(app.task, app.store.snapshot(), organisation=app.settings.organisation,
+                            now=app.now(), lang=language, state_file=app.store.path,
+                            trust=trust_mode(app.settings),
+                            warnings=(*app.store.warnings, *trust_warnings(app.settings)))
+    html = render_html(dossier, app.task.followups.calendar.tz)
+    written: dict[str, str] = {}
+    if html_path is not None:
+        write_html(html_path, html)
+        written["html"] = str(html_path)
+    if pdf_path is not None:
+        write_pdf(pdf_path, html)
+        written["pdf"] = str(pdf_path)
+    if as_json:
+        _echo_json({**written, "lang": language, "klik_status": dossier.klik})
+        return
+    for kind, path in written.items():
+        click.echo(f"Wrote the dossier ({kind.upper()}, {language}) to {path}")
 
 
 # --------------------------------------------------------------------------- manual steps

@@ -28,7 +28,7 @@ class ExitStatus(IntEnum):
     DELIVERY_FAILED = 11
     DEMO_FAILED = 12
     AUTH = 13
-    NOT_INSTALLED = 15  # an optional part is missing: an extra, or a program
+    MISSING_EXTRA = 14  # an optional part is not installed (pip install 'mailtracker[…]')
     INTERRUPTED = 130
 
 
@@ -192,13 +192,6 @@ class DemoFailedError(MailtrackerError):
     exit_status = ExitStatus.DEMO_FAILED
 
 
-class NotInstalledError(MailtrackerError):
-    """Something this command needs is not installed: an optional extra (the message says
-    which ``pip install 'mailtracker[…]'``) or a program such as Dovecot."""
-
-    exit_status = ExitStatus.NOT_INSTALLED
-
-
 # Likely causes of the commonest connection failures, by what the error text says; the first
 # match names the cause. Kept here, beside the errors, so every command words them the same.
 _CAUSES = (
@@ -228,3 +221,10 @@ def with_advice(exc: MailServerError) -> str:
     if "mailtracker check" not in text:
         text += ". Run 'mailtracker check' to see what to fix"
     return text
+
+
+class MissingExtraError(MailtrackerError):
+    """An optional part is not installed; the message says which extra to install (or, for
+    ``demo --mailbox dovecot``, which system package)."""
+
+    exit_status = ExitStatus.MISSING_EXTRA

@@ -27,7 +27,7 @@ from mailtracker.errors import (
     DemoFailedError,
     ExitStatus,
     InvalidInputError,
-    NotInstalledError,
+    MissingExtraError,
     SmtpAuthError,
 )
 from mailtracker.inbound.mail.parse import parse
@@ -101,7 +101,8 @@ def test_mailtracker_demo_command_exits_0_and_its_workspace_answers_status(
 def test_the_demo_reaches_the_expected_final_state(kept_demo: tuple[Any, list[str]]) -> None:
     result, lines = kept_demo
     assert result.ok and result.lines == lines
-    assert lines[-1] == "Demo OK: the whole loop works."
+    assert lines[-2] == "Demo OK: the whole loop works."
+    assert lines[-1].startswith(f"The KLIK dossier of this state: {result.workdir}/report.html")
     assert not [line for line in lines if line.lstrip().startswith("✗")]
     status = result.status
     assert status["organisation"] == "Demo Kommune"
@@ -198,7 +199,7 @@ def test_the_demo_fails_when_eg_mail_is_not_authenticated_by_our_server(
     assert failed.value.exit_status is ExitStatus.DEMO_FAILED
     assert "  ✗ service agreement received, from EG's genuine mail" in lines
     assert "  ✗ the spoofed 'EG' mail is in quarantine, and nothing else" in lines
-    assert lines[-1].startswith("Demo FAILED")
+    assert lines[-2].startswith("Demo FAILED")
     assert failed.value.result.status["quarantine"] == 4
 
 
@@ -207,7 +208,7 @@ def test_an_unknown_or_missing_mailbox_is_refused_before_anything_is_built(
     with pytest.raises(InvalidInputError, match="unknown mailbox 'imap'"):
         run_demo(tmp_path / "ws", True, "da", lambda line: None, "imap")
     monkeypatch.setenv("PATH", str(tmp_path))  # no dovecot there
-    with pytest.raises(NotInstalledError, match="no dovecot"):
+    with pytest.raises(MissingExtraError, match="no dovecot"):
         run_demo(tmp_path / "ws", True, "da", lambda line: None, "dovecot")
     assert not (tmp_path / "ws").exists()
 
@@ -225,7 +226,7 @@ def test_auto_takes_dovecot_from_path_and_memory_without_it(tmp_path: Path) -> N
 def test_mailbox_dovecot_without_dovecot_says_how_to_get_it(tmp_path: Path) -> None:
     run = _cli("demo", "--mailbox", "dovecot", cwd=tmp_path,
                env={"PATH": os.path.dirname(sys.executable)})
-    assert run.returncode == ExitStatus.NOT_INSTALLED == 15
+    assert run.returncode == ExitStatus.MISSING_EXTRA == 14
     assert run.stdout == ""
     (line,) = run.stderr.splitlines()
     assert "no dovecot" in line and "apt-get install dovecot-imapd" in line
@@ -240,7 +241,7 @@ def test_without_the_demo_extra_one_line_says_how_to_get_it(tmp_path: Path,
     hide = (f"import sys; sys.modules[{hidden!r}] = None; sys.argv[0] = 'mailtracker'; "
             "from mailtracker.cli import main; main()")
     run = _cli("demo", cwd=tmp_path, python=("-c", hide))
-    assert run.returncode == ExitStatus.NOT_INSTALLED
+    assert run.returncode == ExitStatus.MISSING_EXTRA
     assert run.stdout == ""
     (line,) = run.stderr.splitlines()
     assert hidden in line and "pip install 'mailtracker[demo]'" in line

@@ -12,8 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mailtracker"
 PURE_PACKAGES = ["task", "inbound/mail", "inbound/judge"]
-PURE_MODULES = ["followup.schedule", "followup.calendar", "followup.definition", "followup.ics",
-                "outbound.render", "models", "errors", "addresses"]
+PURE_MODULES = ["dossier.model", "dossier.timeline", "followup.schedule", "followup.calendar",
+                "followup.definition", "followup.ics", "outbound.render", "models", "errors",
+                "addresses"]
 FORBIDDEN = ["tinydb", "imapclient", "aiosmtplib", "httpx", "msal", "mailtracker.store",
              "mailtracker.app"]
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import importlib.util
 
-from mailtracker.errors import NotInstalledError
+from mailtracker.errors import MissingExtraError
 
 #: What ``pip install 'mailtracker[demo]'`` adds, by import name.
 DEMO_EXTRA = ("aiosmtpd", "trustme")
 
 
 def require_demo_extra() -> None:
-    """Raise NotInstalledError (one line: what is missing, how to get it) unless the demo
+    """Raise MissingExtraError (one line: what is missing, how to get it) unless the demo
     extra is installed."""
     missing = [name for name in DEMO_EXTRA if importlib.util.find_spec(name) is None]
     if missing:
-        raise NotInstalledError(f"the demo needs {' and '.join(missing)}, which a plain install "
+        raise MissingExtraError(f"the demo needs {' and '.join(missing)}, which a plain install "
                                 "leaves out: pip install 'mailtracker[demo]'")

@@ -81,11 +81,9 @@ class Narrator:
             self.say(*(f"     - {change}" for change in report.changes))
         self.say("")
 
-    def outcome(self, report: TaskReport, root: Path, arrivals: Sequence[str],
-                reports: Sequence[tuple[str, Path]] = ()) -> None:
+    def outcome(self, report: TaskReport, root: Path, arrivals: Sequence[str]) -> None:
         """``arrivals``: Message-IDs in the order the mail arrived, to order events of the
-        same second (IMAP's INTERNALDATE has whole seconds; the demo takes one or two).
-        ``reports``: further files written from the final state, as ``(label, path)``."""
+        same second (IMAP's INTERNALDATE has whole seconds; the demo takes one or two)."""
         self.say("Status timeline (Danish time)")
         rank = {message_id: n for n, message_id in enumerate(arrivals, 1)}
         events: list[tuple[datetime, int, str, str]] = [
@@ -108,8 +106,7 @@ class Narrator:
                  "Files", f"  sent mail   {root / 'sent'}",
                  f"  mailboxes   {root / 'mailboxes'} (every demo mailbox, one .eml per "
                  "message)",
-                 f"  store       {root / 'config' / 'mailtracker.json'}",
-                 *(f"  {label:<11} {path}" for label, path in reports), "")
+                 f"  store       {root / 'config' / 'mailtracker.json'}", "")
 
     def checks(self, checks: Sequence[tuple[str, bool]]) -> None:
         self.say("Expected final state")

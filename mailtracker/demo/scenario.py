@@ -47,7 +47,9 @@ from mailtracker.demo.mails import (
 from mailtracker.demo.narrate import Narrator
 from mailtracker.demo.servers import DemoTls, SubmissionServer, make_demo_ca
 from mailtracker.demo.smtpd import MX_HOST, deliver_local
-from mailtracker.errors import DemoFailedError, InvalidInputError, NotInstalledError
+from mailtracker.dossier.model import build_dossier
+from mailtracker.dossier.page import render_html, write_html
+from mailtracker.errors import DemoFailedError, InvalidInputError, MissingExtraError
 from mailtracker.inbound.poller import run_poll
 from mailtracker.outbound.notify import NotifyOptions, run_notify
 from mailtracker.recipients import add_recipient, validate_recipient
@@ -119,7 +121,7 @@ def run_demo(workdir: Path | None, keep: bool, lang: str, out: Callable[[str], N
     if mailbox not in MAILBOX_MODES:
         raise InvalidInputError(f"unknown mailbox {mailbox!r} (use auto, memory or dovecot)")
     if mailbox == "dovecot" and find_dovecot() is None:
-        raise NotInstalledError("--mailbox dovecot: no dovecot (with its dovecot-lda) on PATH; "
+        raise MissingExtraError("--mailbox dovecot: no dovecot (with its dovecot-lda) on PATH; "
                                 "install it (Debian: apt-get install dovecot-imapd, into "
                                 "/usr/sbin) and put it on PATH, or use --mailbox memory")
     root = _prepare(workdir)
@@ -132,6 +134,9 @@ def run_demo(workdir: Path | None, keep: bool, lang: str, out: Callable[[str], N
             shutil.rmtree(root, ignore_errors=True)
     if workdir is None and not keep:
         narrator.say(f"The workspace {root} was removed; run with --keep DIR to keep it.")
+    else:
+        narrator.say(f"The KLIK dossier of this state: {root / 'report.html'} (open it in a "
+                     "browser; 'mailtracker report --pdf' prints it as a PDF)")
     result.lines = narrator.lines
     if not result.ok:
         raise DemoStateError("the demo did not reach the expected final state (see above)",
@@ -197,8 +202,8 @@ def _run(root: Path, lang: str, say: Narrator, mode: str) -> DemoResult:
         _dump_mailboxes(root / "mailboxes", mailboxes)
     report = _report(app)
     status = to_json(report)
-    say.outcome(report, root, [m.message_id for m in (*answers, *outside.in_order)],
-                _write_reports(root, app, report))
+    _write_dossier(app, root / "report.html")
+    say.outcome(report, root, [m.message_id for m in (*answers, *outside.in_order)])
     expected = Expected(
         agreement_id=outside.agreement.message_id, guide_id=outside.guide.message_id,
         webinar_id=outside.webinar.message_id, spoof_id=outside.spoof.message_id,
@@ -331,13 +336,12 @@ def _report(app: App) -> TaskReport:
                         now=app.now(), warnings=trust_warnings(app.settings))
 
 
-def _write_reports(root: Path, app: App, report: TaskReport) -> list[tuple[str, Path]]:
-    """Files written from the final state, as ``(label, path)`` for the output's "Files".
-
-    The place for the KLIK dossier (``report.html``, issue 15): write it here and return it.
-    """
-    del root, app, report
-    return []
+def _write_dossier(app: App, path: Path) -> None:
+    """The dossier a KP system owner would file, made from the demo's state."""
+    dossier = build_dossier(app.task, app.store.snapshot(),
+                            organisation=app.settings.organisation, now=app.now(),
+                            lang=app.settings.language, state_file=app.store.path)
+    write_html(path, render_html(dossier, app.task.followups.calendar.tz))
 
 
 def _dump_mailboxes(directory: Path, mailboxes: DemoMailboxes) -> None:

@@ -87,37 +87,65 @@ def build_report(task: TaskDefinition, view: StateReader, *, organisation: str, 
     )
 
 
+_REASON = {
+    "en": {"ack": " and acknowledged", "no_bounce": "no bounce", "bounced": "{n} bounced",
+           "forgotten": "; {n} of them since forgotten, oriented {when}",
+           "last": "last accepted {when}, ",
+           "all": "all {n} required roles oriented{ack} ({when}{bounce}); "
+                  "acknowledgements {acks} of {told}",
+           "none": "no orientation sent yet; required roles: {missing}",
+           "some": "{done} of {n} required roles oriented{ack} ({bounce}); "
+                   "still missing: {missing}"},
+    "da": {"ack": " og har kvitteret", "no_bounce": "ingen afvist", "bounced": "{n} afvist",
+           "forgotten": "; {n} af dem siden glemt, orienteret {when}",
+           "last": "sidst modtaget {when}, ",
+           "all": "alle {n} krævede roller er orienteret{ack} ({when}{bounce}); "
+                  "kvitteringer {acks} af {told}",
+           "none": "ingen orientering sendt endnu; krævede roller: {missing}",
+           "some": "{done} af {n} krævede roller er orienteret{ack} ({bounce}); "
+                   "mangler stadig: {missing}"},
+}
+
+
 def klik_reason(task: TaskDefinition, recipients: Sequence[Recipient],
                 notifications: Mapping[str, Notification],
-                facts: Sequence[OrientedFact] = ()) -> str:
+                facts: Sequence[OrientedFact] = (), lang: str = "en") -> str:
     """Why the KLIK status is what it is: the card's rule (step 3 of "Metode og
     fremgangsmåde") is that the task may be marked fuldført once the relevant people are
     oriented, so that is counted per required role, with the evidence."""
+    say = _REASON["da" if lang == "da" else "en"]
     coverage = [c for c in role_coverage(task, recipients, notifications, facts)
                 if c.required]
     done = [c for c in coverage if c.oriented]
-    ack_rule = " and acknowledged" if task.require_acknowledgement else ""
+    ack_rule = say["ack"] if task.require_acknowledgement else ""
     told = [n for r in recipients if (n := orientation_of(task, r, notifications)) is not None
             and n.state is NotificationState.SENT]
     bounced = sum(1 for n in told if n.delivery is DeliveryState.BOUNCED)
     acks = sum(1 for n in told if n.acknowledged_at is not None)
-    bounce_text = "no bounce" if not bounced else f"{bounced} bounced"
+    bounce_text = say["bounced"].format(n=bounced) if bounced else say["no_bounce"]
     forgotten = [f for f in facts if f.task == task.key]
     if forgotten:
-        bounce_text += (f"; {len(forgotten)} of them since forgotten, oriented "
-                        + ", ".join(_local(f.sent_at) for f in forgotten))
+        bounce_text += say["forgotten"].format(
+            n=len(forgotten), when=", ".join(_local(f.sent_at) for f in forgotten))
+    missing = ", ".join(_role_name(task, c.role, lang) for c in coverage if not c.oriented)
     if coverage and len(done) == len(coverage):
         last = max([n.sent_at for n in told if n.sent_at and n.delivery
                     is not DeliveryState.BOUNCED] + [f.sent_at for f in forgotten],
                    default=None)
-        when = f"last accepted {_local(last)}, " if last else ""
-        return (f"all {len(coverage)} required roles oriented{ack_rule} ({when}{bounce_text}); "
-                f"acknowledgements {acks} of {len(told)}")
-    missing = ", ".join(c.role for c in coverage if not c.oriented)
+        when = say["last"].format(when=_local(last)) if last else ""
+        return say["all"].format(n=len(coverage), ack=ack_rule, when=when, bounce=bounce_text,
+                                 acks=acks, told=len(told))
     if not told and not forgotten:
-        return f"no orientation sent yet; required roles: {missing}"
-    return (f"{len(done)} of {len(coverage)} required roles oriented{ack_rule} ({bounce_text}); "
-            f"still missing: {missing}")
+        return say["none"].format(missing=missing)
+    return say["some"].format(done=len(done), n=len(coverage), ack=ack_rule,
+                              bounce=bounce_text, missing=missing)
+
+
+def _role_name(task: TaskDefinition, key: str, lang: str) -> str:
+    """The role's key in English output (as the config and the CLI name it), its label in
+    Danish."""
+    role = task.role(key)
+    return role.label_da if lang == "da" and role is not None else key
 
 
 def _recipient_row(task: TaskDefinition, r: Recipient,

@@ -126,7 +126,7 @@ def _eg_event(msg: IncomingMessage, view: _View, rules: InboundRules,
             return None
         verdict = verify_sender(msg, trust, carries_eg_document=eg_document)
         if verdict.authenticated and verdict.sender_class in rule.senders:
-            return _milestone(msg, rule)
+            return _milestone(msg, rule, verdict.basis)
         problem = verdict.problem or f"rule {rule.name} does not accept {verdict.domain}"
         return _quarantine(msg, rule, problem)
     return _forwarded_copy(msg, view, rules, trust)
@@ -229,8 +229,10 @@ def _view(msg: IncomingMessage, *, include_forwarded: bool) -> _View:
                  has_pdf=has_pdf, calendar_methods=frozenset(methods))
 
 
-def _milestone(msg: IncomingMessage, rule: MilestoneRule) -> Classification:
+def _milestone(msg: IncomingMessage, rule: MilestoneRule, auth: str) -> Classification:
     details = _webinar_details(msg, rule) if rule.milestone.startswith("webinar") else {}
+    if auth:
+        details["auth"] = clean(auth, 200)
     evidence = _evidence(msg, details)
     return Classification(
         Kind.MILESTONE, f"{rule.milestone} from {evidence.sender}: {_short(msg.subject)}",

@@ -39,6 +39,7 @@ class SenderVerdict:
     sender_class: SenderClass | None
     domain: str | None
     problem: str | None
+    basis: str = ""  # when authenticated: which verdict, from which server (for the evidence)
 
     @property
     def authenticated(self) -> bool:
@@ -74,7 +75,25 @@ def verify_sender(msg: IncomingMessage, trust: TrustSettings, *,
             return SenderVerdict(None, domain,
                                  f"mail from signing platform {domain} names no EG document")
     problem = _auth_problem(msg, domain, base, trust)
-    return SenderVerdict(sender_class, domain, problem)
+    basis = _basis(msg, domain, base, trust) if problem is None else ""
+    return SenderVerdict(sender_class, domain, problem, basis)
+
+
+def _basis(msg: IncomingMessage, domain: str, base: str, trust: TrustSettings) -> str:
+    """What authenticated the sender, as the evidence shows it."""
+    if trust.sender_auth == "allowlist":
+        return "not checked (sender_auth = allowlist)"
+    if trust.sender_auth == "exchange_online":
+        tenant = (trust.tenant_id or "").lower()
+        return f"Exchange Online (tenant {tenant}): dmarc=pass for {domain}"
+    authserv = (trust.authserv_id or "").strip().lower()
+    ours = [r for ar in msg.auth_results if ar.authserv_id == authserv for r in ar.results]
+    if any(r.method == "dmarc" and r.result == "pass"
+           and (r.prop("header.from") or "").lower().rstrip(".") == domain for r in ours):
+        return f"{authserv}: dmarc=pass for {domain}"
+    dkim = next((_dkim_domain(r) for r in ours if r.method == "dkim" and r.result == "pass"
+                 and _aligned(_dkim_domain(r), base)), base)
+    return f"{authserv}: dkim=pass for {dkim}"
 
 
 def _auth_problem(msg: IncomingMessage, domain: str, base: str,
