@@ -9,9 +9,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -88,7 +90,12 @@ def test_mailtracker_demo_command_exits_0_and_its_workspace_answers_status(
     run = _cli("demo", "--mailbox", mode, "--keep", str(workspace), cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Demo OK" in run.stdout
-    assert re.search(f"^{MAILBOX_LINE[mode]}$", run.stdout, re.MULTILINE), run.stdout
+    line = re.search(f"^{MAILBOX_LINE[mode]}$", run.stdout, re.MULTILINE)
+    assert line, run.stdout
+    if mode == "dovecot":  # the demo's Dovecot is gone with it
+        port = int(re.findall(r"127\.0\.0\.1:(\d+)", line.group(0))[0])
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
     shown = _cli("--config", str(workspace / "config" / "mailtracker.toml"), "status",
                  "--json", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
@@ -221,6 +228,40 @@ def test_auto_takes_dovecot_from_path_and_memory_without_it(tmp_path: Path) -> N
     without = _cli("demo", cwd=tmp_path, env={"PATH": os.path.dirname(sys.executable)})
     assert without.returncode == 0, without.stdout + without.stderr
     assert "  mailbox  in-memory mailbox (no IMAP): no dovecot on PATH\n" in without.stdout
+
+
+@pytest.fixture
+def broken_dovecot() -> Iterator[str]:
+    """A PATH whose ``dovecot`` refuses to start, as a broken installation would. Readable by
+    everyone: run as root, the demo runs Dovecot as nobody."""
+    directory = Path(tempfile.mkdtemp(prefix="mtdemo-fake-"))
+    directory.chmod(0o755)
+    for name, script in (("dovecot", 'if [ "$1" = --version ]; then echo "2.3.0 (fake)"; '
+                                     'exit 0; fi\necho "Fatal: fake dovecot refuses to start" '
+                                     ">&2\nexit 89\n"),
+                         ("dovecot-lda", "exit 75\n")):
+        (directory / name).write_text(f"#!/bin/sh\n{script}")
+        (directory / name).chmod(0o755)
+    yield f"{directory}:{os.path.dirname(sys.executable)}:/usr/bin:/bin"
+    shutil.rmtree(directory)
+
+
+def test_auto_falls_back_to_memory_when_dovecot_does_not_start(tmp_path: Path,
+                                                                broken_dovecot: str) -> None:
+    run = _cli("demo", cwd=tmp_path, env={"PATH": broken_dovecot})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert ("  mailbox  in-memory mailbox (no IMAP): Dovecot exited with 89: Fatal: fake "
+            "dovecot refuses to start\n") in run.stdout
+    assert "Demo OK" in run.stdout
+
+
+def test_mailbox_dovecot_says_why_dovecot_did_not_start(tmp_path: Path,
+                                                       broken_dovecot: str) -> None:
+    run = _cli("demo", "--mailbox", "dovecot", cwd=tmp_path, env={"PATH": broken_dovecot})
+    assert run.returncode == ExitStatus.DEMO_FAILED
+    (line,) = run.stderr.splitlines()
+    assert "Dovecot exited with 89: Fatal: fake dovecot refuses to start" in line
+    assert "--mailbox memory" in line and "Traceback" not in run.stderr
 
 
 def test_mailbox_dovecot_without_dovecot_says_how_to_get_it(tmp_path: Path) -> None:

@@ -169,12 +169,17 @@ class DovecotMailboxes:
         root = self._root = Path(tempfile.mkdtemp(prefix="mtdemo", dir=base))
         try:
             self._write_files(root)
-            self._proc = subprocess.Popen(
-                [str(self.binary), "-F", "-c", str(root / "dovecot.conf")],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=(root / "dovecot.err").open("wb"), start_new_session=True,
-                user=self._uid, group=self._gid, extra_groups=self._groups)
+            with (root / "dovecot.err").open("wb") as err:
+                self._proc = subprocess.Popen(
+                    [str(self.binary), "-F", "-c", str(root / "dovecot.conf")],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    start_new_session=True, user=self._uid, group=self._gid,
+                    extra_groups=self._groups)
             self._wait_until_listening(time.monotonic() + START_TIMEOUT)
+        except OSError as exc:
+            self.stop()
+            raise DemoFailedError(f"cannot run {self.binary} as {self._user.pw_name}: "
+                                  f"{exc.strerror or exc}") from None
         except BaseException:
             self.stop()
             raise
@@ -202,7 +207,7 @@ class DovecotMailboxes:
         while True:
             if self._proc is not None and self._proc.poll() is not None:
                 raise DemoFailedError(f"Dovecot exited with {self._proc.returncode}: "
-                                      f"{self._log_tail()}; use --mailbox memory")
+                                      f"{self._log_tail()}")
             try:
                 with socket.create_connection((LOOPBACK, self.port), timeout=1):
                     return
@@ -210,7 +215,7 @@ class DovecotMailboxes:
                 if time.monotonic() > deadline:
                     raise DemoFailedError(f"Dovecot did not listen on {LOOPBACK}:{self.port} "
                                           f"within {START_TIMEOUT:g} s: {self._log_tail()}"
-                                          "; use --mailbox memory") from None
+                                          ) from None
                 time.sleep(0.01)  # the master binds its port in a few milliseconds
 
     def _log_tail(self) -> str:
@@ -247,10 +252,14 @@ class DovecotMailboxes:
         such user. The INTERNALDATE is the time of delivery."""
         del when
         assert self._root is not None, "start() first"
-        proc = subprocess.run(
-            [str(self.lda), "-c", str(self._root / "dovecot.conf"), "-e", "-d", address.lower(),
-             "-m", "INBOX"], input=raw, capture_output=True, timeout=30, check=False,
-            user=self._uid, group=self._gid, extra_groups=self._groups)
+        try:
+            proc = subprocess.run(
+                [str(self.lda), "-c", str(self._root / "dovecot.conf"), "-e", "-d",
+                 address.lower(), "-m", "INBOX"], input=raw, capture_output=True, timeout=30,
+                check=False, user=self._uid, group=self._gid, extra_groups=self._groups)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DemoFailedError(f"cannot run {self.lda} as {self._user.pw_name}: "
+                                  f"{exc}") from None
         if proc.returncode == EX_NOUSER:
             return False
         if proc.returncode != 0:

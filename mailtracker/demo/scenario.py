@@ -219,16 +219,26 @@ def _run(root: Path, lang: str, say: Narrator, mode: str) -> DemoResult:
 @contextlib.contextmanager
 def _mailboxes(mode: str, accounts: dict[str, str], tls: DemoTls
                ) -> Iterator[DemoMailboxes]:
-    """The demo MX's mailboxes: a Dovecot of its own unless ``mode`` is memory or none is
-    installed (``auto``)."""
+    """The demo MX's mailboxes: a Dovecot of its own unless ``mode`` is memory, or (with
+    ``auto``) none is installed or it does not start: then in memory, saying why."""
     owner = _person("sender").email
     programs = find_dovecot() if mode != "memory" else None
     if programs is None:
         why = "" if mode == "memory" else "no dovecot on PATH"
         yield MemoryMailboxes(accounts, owner, why)
         return
-    with DovecotMailboxes(accounts, owner, tls, programs) as dovecot:
+    dovecot = DovecotMailboxes(accounts, owner, tls, programs)
+    try:
+        dovecot.start()
+    except DemoFailedError as exc:
+        if mode == "dovecot":
+            raise DemoFailedError(f"{exc}; --mailbox memory runs the demo without it") from None
+        yield MemoryMailboxes(accounts, owner, str(exc))
+        return
+    try:
         yield dovecot
+    finally:
+        dovecot.stop()
 
 
 def write_config(root: Path, smtp_port: int, mailboxes: DemoMailboxes, tls: DemoTls,
