@@ -112,9 +112,13 @@ def find_dovecot() -> DovecotPrograms | None:
 
 def _run_as() -> pwd.struct_passwd:
     """Who Dovecot runs as: the demo's own user, or ``nobody`` instead of root."""
-    if os.geteuid() != 0:
-        return pwd.getpwuid(os.geteuid())
-    return pwd.getpwnam("nobody")
+    try:
+        if os.geteuid() != 0:
+            return pwd.getpwuid(os.geteuid())
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        raise DemoFailedError("Dovecot needs a user to run as: this user has no passwd entry, "
+                              "or (as root) there is no user 'nobody'") from None
 
 
 def _free_port() -> int:
@@ -159,15 +163,16 @@ class DovecotMailboxes:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Write the config and start Dovecot; returns once it accepts connections."""
-        said = subprocess.run([str(self.binary), "--version"], capture_output=True, text=True,
-                              timeout=30, check=False).stdout.split()
-        self.version = said[0] if said else "?"
+        """Write the config and start Dovecot; returns once it accepts connections.
+        DemoFailedError (with Dovecot's last words) if it cannot be run or does not start."""
         # Unix sockets live below base_dir: the path must stay under 108 bytes, whatever
         # TMPDIR says. mkdtemp makes the directory private and unique.
         base = "/tmp" if Path("/tmp").is_dir() else None  # noqa: S108
         root = self._root = Path(tempfile.mkdtemp(prefix="mtdemo", dir=base))
         try:
+            said = subprocess.run([str(self.binary), "--version"], capture_output=True,
+                                  text=True, timeout=30, check=False).stdout.split()
+            self.version = said[0] if said else "?"
             self._write_files(root)
             with (root / "dovecot.err").open("wb") as err:
                 self._proc = subprocess.Popen(
@@ -176,10 +181,11 @@ class DovecotMailboxes:
                     start_new_session=True, user=self._uid, group=self._gid,
                     extra_groups=self._groups)
             self._wait_until_listening(time.monotonic() + START_TIMEOUT)
-        except OSError as exc:
+        except (OSError, KeyError, subprocess.TimeoutExpired) as exc:
             self.stop()
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise DemoFailedError(f"cannot run {self.binary} as {self._user.pw_name}: "
-                                  f"{exc.strerror or exc}") from None
+                                  f"{reason}") from None
         except BaseException:
             self.stop()
             raise

@@ -227,8 +227,8 @@ def _mailboxes(mode: str, accounts: dict[str, str], tls: DemoTls
         why = "" if mode == "memory" else "no dovecot on PATH"
         yield MemoryMailboxes(accounts, owner, why)
         return
-    dovecot = DovecotMailboxes(accounts, owner, tls, programs)
     try:
+        dovecot = DovecotMailboxes(accounts, owner, tls, programs)
         dovecot.start()
     except DemoFailedError as exc:
         if mode == "dovecot":
