@@ -583,7 +583,8 @@ def login(state: CliState) -> None:
 @click.option("--mailbox", type=click.Choice(["auto", "memory", "dovecot"]), default="auto",
               show_default=True,
               help="Where the mail lands: a Dovecot of the demo's own (dovecot), mailboxes in "
-                   "memory without IMAP (memory), or Dovecot when installed (auto).")
+                   "memory without IMAP (memory), or Dovecot when it is on PATH and starts, "
+                   "else memory (auto).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
 def demo(keep_dir: Path | None, lang: str, mailbox: str, as_json: bool) -> None:
     """Run the whole loop on loopback servers: send, receive, poll, status.
