@@ -16,11 +16,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import imap_cases, mailgen, notify_case, store_cases
+from benchmarks import imap_cases, mailgen, notify_case, report_case, store_cases
 from benchmarks.environment import Environment, Mailbox, copy_store
 from benchmarks.measure import Row, details, table
 
-CASES = ("scan", "poll", "notify", "cli", "store")
+CASES = ("scan", "poll", "notify", "cli", "store", "report")
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if "notify" in cases:
             _say(f"notify to {plan.recipients} recipients")
             rows.append(notify_case.notify_case(env, plan.recipients, reps=plan.reps))
-        if cases & {"cli", "store"}:
+        if cases & {"cli", "store", "report"}:
             ws, app = store_cases.big_store(env, plan.handled)
             if "cli" in cases:
                 _say("CLI start")
@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             if "store" in cases:
                 _say("store batch write")
                 rows.append(store_cases.batch_write_case(ws, app, plan.handled, reps=plan.reps))
+            if "report" in cases:
+                _say(f"report of {plan.recipients} recipients")
+                rows.append(report_case.report_case(ws, app, plan.recipients, plan.handled,
+                                                    reps=plan.cli_reps))
     finally:
         env.stop()
     print(f"\nmailtracker benchmarks ({'quick' if args.quick else 'full'} mode, "

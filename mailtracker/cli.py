@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from mailtracker.app import App
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 # Commands that log nothing: they start without the logging module (about 8 ms of a
 # ``status`` run). ``--debug`` always sets logging up.
 QUIET_COMMANDS = frozenset({"status", "init", "config", "recipients", "review", "mark",
@@ -91,6 +92,11 @@ class MailtrackerGroup(click.Group):
 pass_state = click.make_pass_decorator(CliState)
 
 
+def json_option(help: str = "Output JSON.") -> Callable[[F], F]:
+    """``--json`` for a command whose output is data: the one declaration of it."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
 def _run_async(coro: Coroutine[Any, Any, T]) -> T:
     import asyncio
 
@@ -154,7 +160,7 @@ def config_group() -> None:
 
 
 @config_group.command("show")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @pass_state
 def config_show(state: CliState, as_json: bool) -> None:
     """Show the effective settings (secrets are never shown, only where they come from)."""
@@ -211,7 +217,7 @@ def recipients_add(state: CliState, role: str, name: str, email: str, lang: str 
 
 
 @recipients.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @pass_state
 def recipients_list(state: CliState, as_json: bool) -> None:
     """List recipients."""
@@ -291,7 +297,7 @@ def _klik(app: App) -> str:
 @click.option("--resend", is_flag=True, help="Send again, even to those already sent to.")
 @click.option("--to", "only", multiple=True, metavar="EMAIL",
               help="Only this recipient (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @pass_state
 def notify(state: CliState, dry_run: bool, preview_dir: Path | None, role: str | None,
            resend: bool, only: tuple[str, ...], as_json: bool) -> None:
@@ -324,7 +330,7 @@ def notify(state: CliState, dry_run: bool, preview_dir: Path | None, role: str |
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown"]),
               default=None, help="Output format: text (default) or markdown (paste in KLIK).")
 @pass_state
@@ -358,7 +364,7 @@ def status(state: CliState, as_json: bool, fmt: str | None) -> None:
               help="Write it as a PDF/A here (needs: pip install 'mailtracker[pdf]').")
 @click.option("--lang", type=click.Choice(["da", "en"]), default=None,
               help="Language of the dossier [default: the config's [task] language].")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON (the files written).")
+@json_option("Output JSON (the files written).")
 @pass_state
 def report(state: CliState, html_path: Path | None, pdf_path: Path | None, lang: str | None,
            as_json: bool) -> None:
@@ -416,7 +422,7 @@ def mark(state: CliState, milestone: str, note: str | None, by: str | None,
 
 
 @main.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @click.option("--all", "include_decided", is_flag=True, help="Include decided entries.")
 @click.pass_context
 def review(ctx: click.Context, as_json: bool, include_decided: bool) -> None:
@@ -474,7 +480,7 @@ def review_reject(state: CliState, entry_id: str) -> None:
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Show what would change; store nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @pass_state
 def poll(state: CliState, dry_run: bool, as_json: bool) -> None:
     """Read new mail once and move the task forward (one line per change)."""
@@ -521,7 +527,7 @@ def watch(state: CliState, health_interval: float) -> None:
               help="Show what is due; render, but send and store nothing.")
 @click.option("--preview-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write each mail due as an .eml file here (with --dry-run: only that).")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @pass_state
 def tick(state: CliState, dry_run: bool, preview_dir: Path | None, as_json: bool) -> None:
     """Send the follow-ups due now: event mail, reminders, escalations.
@@ -545,7 +551,7 @@ def tick(state: CliState, dry_run: bool, preview_dir: Path | None, as_json: bool
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @pass_state
 def check(state: CliState, as_json: bool) -> None:
     """Check SMTP, IMAP and the state file; each problem with the fix to try."""
@@ -585,7 +591,7 @@ def login(state: CliState) -> None:
               help="Where the mail lands: a Dovecot of the demo's own (dovecot), mailboxes in "
                    "memory without IMAP (memory), or Dovecot when it is on PATH and starts, "
                    "else memory (auto).")
-@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
+@json_option("Print the final status as JSON.")
 def demo(keep_dir: Path | None, lang: str, mailbox: str, as_json: bool) -> None:
     """Run the whole loop on loopback servers: send, receive, poll, status.
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from mailtracker.errors import TaskDefinitionError
-from mailtracker.inbound.judge.classify import Classification, Kind, classify
+from mailtracker.inbound.judge.classify import classify
 from mailtracker.inbound.judge.rules import DEFAULT_RULES, InboundRules, rules_from_mapping
+from mailtracker.inbound.judge.trust import TrustSettings
 from mailtracker.inbound.mail.parse import parse
-from mailtracker.settings.config import TrustSettings
+from mailtracker.task.verdict import Classification, Kind
 
 ROOT = Path(__file__).parents[1]
 MAIL = Path(__file__).parent / "mail"

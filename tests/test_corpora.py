@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from mailtracker.inbound.judge.classify import Kind, classify
+from mailtracker.inbound.judge.classify import classify
 from mailtracker.inbound.judge.rules import DEFAULT_RULES
+from mailtracker.inbound.judge.trust import TrustSettings
 from mailtracker.inbound.mail.parse import parse
-from mailtracker.settings.config import TrustSettings
+from mailtracker.task.verdict import Kind
 from tests.inbound_mail import require_corpora
 from tests.test_parse import assert_safe_strings
 

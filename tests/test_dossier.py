@@ -288,6 +288,9 @@ def test_an_overdue_milestone_is_said_in_words_and_shape(
     on_time = tmp_path / "early.html"
     assert report(ws, "--html", str(on_time), now=sent + timedelta(days=3)).exit_code == 0
     assert "Forsinket:" not in on_time.read_text(encoding="utf-8")
+    ahead = parse(on_time).find(".//{http://www.w3.org/2000/svg}g[@class='rule deadline']")
+    assert ahead is not None  # the coming deadline is on the timeline, as a deadline
+    assert "Frist: Serviceaftale modtaget fra EG" in "".join(ahead.itertext())
 
 
 def test_hostile_names_subjects_and_notes_are_text_never_markup(

@@ -136,3 +136,18 @@ def test_status_shows_the_event_mail_due_before_tick_sends_it(scene: Scene) -> N
     after = scene.status(cph(2026, 3, 20, 10, 6))
     assert after["followups_due"] == []
     assert "due now" not in scene.cli(cph(2026, 3, 20, 10, 6), "status").stdout
+
+
+def test_the_guide_mail_knows_the_webinar_invitation_already_came(scene: Scene) -> None:
+    scene.notify(cph(2026, 3, 2, 9, 0))
+    scene.poll(cph(2026, 3, 19, 12, 0), "webinar-invite.eml")
+    scene.poll(cph(2026, 3, 19, 12, 5), "guide-eg.eml")
+    before = len(scene.smtp.messages)
+    scene.tick(cph(2026, 3, 19, 12, 10))
+    guide = next(m for r, m in scene.mail(before)
+                 if r == SOEREN and str(m["Subject"]).startswith("Vejledningen fra EG"))
+    text = _text(guide)
+    assert re.search(rf"Invitationen er allerede kommet\n\({DATE}\)", text) or re.search(
+        rf"Invitationen er allerede kommet \({DATE}\)", text), text
+    assert "når invitationen kommer" not in text
+    assert "informeres samlet" in text

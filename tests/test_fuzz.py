@@ -45,8 +45,8 @@ def _instrumented() -> contextlib.AbstractContextManager[object]:
 
 with _instrumented():
     from mailtracker.inbound.judge.classify import classify
+    from mailtracker.inbound.judge.trust import TrustSettings
     from mailtracker.inbound.mail.parse import parse
-    from mailtracker.settings.config import TrustSettings
     from mailtracker.settings.taskdef import TaskDefinition, find_definition, load_task
     from mailtracker.task.transition import TaskState, transition
 

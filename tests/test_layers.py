@@ -39,3 +39,37 @@ def test_a_pure_module_imports_no_store_no_network_library_and_no_app(module: st
 
 def test_the_list_of_pure_modules_is_not_empty() -> None:
     assert len(_pure_modules()) > 20
+
+
+# No arrow runs back up: the mail parser knows nothing of the judge, the judge nothing of the
+# settings or the task's state, the task nothing of inbound mail handling. (Read from the
+# source's import statements: what a module names is what it depends on.)
+NO_ARROW = {
+    "inbound/mail": ("mailtracker.inbound.judge", "mailtracker.inbound.poller",
+                     "mailtracker.settings", "mailtracker.task"),
+    "inbound/judge": ("mailtracker.settings", "mailtracker.inbound.poller",
+                      "mailtracker.task.state", "mailtracker.task.transition",
+                      "mailtracker.task.report"),
+    "task": ("mailtracker.inbound",),
+}
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(NO_ARROW))
+def test_no_import_runs_back_up(package: str) -> None:
+    wrong = [f"{path.relative_to(ROOT)} imports {name}"
+             for path in sorted((PACKAGE / package).glob("*.py"))
+             for name in sorted(_imports(path))
+             if name.startswith(NO_ARROW[package])]
+    assert wrong == []

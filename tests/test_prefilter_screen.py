@@ -15,8 +15,8 @@ from mailtracker.inbound.judge.prefilter import (
     screen_blocks,
 )
 from mailtracker.inbound.judge.rules import DEFAULT_MAPPING, rules_from_mapping
+from mailtracker.inbound.judge.trust import TrustSettings
 from mailtracker.inbound.mail.parse import parse
-from mailtracker.settings.config import TrustSettings
 from tests.inbound_mail import MAIL_DIR, bounce, noise, reply
 
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"

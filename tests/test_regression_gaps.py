@@ -10,7 +10,7 @@ from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
-from mailtracker.inbound.judge.classify import Kind
+from mailtracker.task.verdict import Kind
 from tests.inbound_mail import eml
 from tests.plugins.smtpd import SmtpTestServer
 from tests.plugins.workspace import THREE, Workspace

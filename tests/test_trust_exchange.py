@@ -18,10 +18,12 @@ import pytest
 
 from mailtracker.check.authserv import judge_authserv
 from mailtracker.errors import ConfigError
-from mailtracker.inbound.judge.classify import Classification, Kind, classify
+from mailtracker.inbound.judge.classify import classify
 from mailtracker.inbound.judge.rules import DEFAULT_RULES
+from mailtracker.inbound.judge.trust import TrustSettings
 from mailtracker.inbound.mail.parse import parse
-from mailtracker.settings.config import TrustSettings, load_settings
+from mailtracker.settings.config import load_settings
+from mailtracker.task.verdict import Classification, Kind
 from tests.plugins.workspace import THREE, Workspace, render_toml
 
 MAIL = Path(__file__).parent / "mail"

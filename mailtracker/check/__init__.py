@@ -46,8 +46,9 @@ from mailtracker.errors import (
     StoreLockedError,
 )
 from mailtracker.inbound import imap
+from mailtracker.inbound.judge.trust import TrustSettings
 from mailtracker.outbound.smtp import SmtpSession
-from mailtracker.settings.config import ImapSettings, SecretSource, SmtpSettings, TrustSettings
+from mailtracker.settings.config import ImapSettings, SecretSource, SmtpSettings
 from mailtracker.settings.secrets import Section, fetch_token, resolve_password, token_renewer
 from mailtracker.store import Store
 

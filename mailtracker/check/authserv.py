@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
 
+from mailtracker.inbound.judge.trust import TrustSettings
 from mailtracker.inbound.mail.parse import parse
-from mailtracker.settings.config import TrustSettings
 
 Verdict = Literal["ok", "warn", "fail"]
 

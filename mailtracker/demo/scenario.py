@@ -134,9 +134,6 @@ def run_demo(workdir: Path | None, keep: bool, lang: str, out: Callable[[str], N
             shutil.rmtree(root, ignore_errors=True)
     if workdir is None and not keep:
         narrator.say(f"The workspace {root} was removed; run with --keep DIR to keep it.")
-    else:
-        narrator.say(f"The KLIK dossier of this state: {root / 'report.html'} (open it in a "
-                     "browser; 'mailtracker report --pdf' prints it as a PDF)")
     result.lines = narrator.lines
     if not result.ok:
         raise DemoStateError("the demo did not reach the expected final state (see above)",
@@ -203,6 +200,8 @@ def _run(root: Path, lang: str, say: Narrator, mode: str) -> DemoResult:
     report = _report(app)
     status = to_json(report)
     _write_dossier(app, root / "report.html")
+    say.say(f"The KLIK dossier of this state: {root / 'report.html'} (open it in a browser; "
+            "'mailtracker report --pdf' prints it as a PDF)")
     say.outcome(report, root, [m.message_id for m in (*answers, *outside.in_order)])
     expected = Expected(
         agreement_id=outside.agreement.message_id, guide_id=outside.guide.message_id,

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from mailtracker.dossier.timeline import Layout, Mark, Rule, Shape, layout
-from mailtracker.followup.schedule import Kind
+from mailtracker.followup.schedule import Kind, escalation_deadline
 from mailtracker.models import (
     DeliveryState,
     MilestoneRecord,
@@ -22,7 +22,7 @@ from mailtracker.models import (
 )
 from mailtracker.settings.taskdef import TaskDefinition
 from mailtracker.task.followups import followup_kind
-from mailtracker.task.report import TaskReport, build_report, klik_reason
+from mailtracker.task.report import TaskReport, build_report
 from mailtracker.task.state import KlikStatus, klik_label, orientation_of
 
 EG_LANE = {"da": "EG og signering", "en": "EG and signing"}
@@ -109,10 +109,7 @@ def build_dossier(task: TaskDefinition, view: StateReader, *, organisation: str,
     return Dossier(
         lang=lang, title=task.title_for(lang), project=task.project, organisation=organisation,
         klik=klik_label(task, report.klik), klik_code=report.klik.value,
-        klik_since=_klik_since(task, view, report),
-        klik_reason=klik_reason(task, view.recipients(),
-                                {n.key: n for n in view.notifications(task.key)},
-                                view.oriented_facts(task.key), lang),
+        klik_since=_klik_since(task, view, report), klik_reason=report.klik_reason,
         next_step=report.next_step, now=now, state_file=str(state_file), trust=trust,
         people=people, milestones=rows, quarantine=tuple(view.quarantine(task.key)),
         followups=tuple(followups), overdue=tuple(overdue),
@@ -164,8 +161,9 @@ def _klik_since(task: TaskDefinition, view: StateReader, report: TaskReport) -> 
     """When the KLIK status became what it is: the first orientation sent (i gang), or the
     moment the last required role was covered (fuldført)."""
     sent: dict[str, list[datetime]] = {}
+    notifications = {n.key: n for n in view.notifications(task.key)}
     for r in view.recipients():
-        n = orientation_of(task, r, {n.key: n for n in view.notifications(task.key)})
+        n = orientation_of(task, r, notifications)
         if n is not None and n.state is NotificationState.SENT and n.sent_at is not None \
                 and n.delivery is not DeliveryState.BOUNCED:
             done_at = n.acknowledged_at if task.require_acknowledgement else n.sent_at
@@ -237,6 +235,16 @@ def _timeline(task: TaskDefinition, view: StateReader, report: TaskReport,
             word = "FORSINKET" if da else "OVERDUE"
             rules.append(Rule(o.deadline, f"{word}: {_label(task, o.milestone, lang)}",
                               "overdue"))
+        late = {o.milestone for o in fs.overdue}
+        outbox = {n.key: n for n in notifications}
+        for es in task.followups.escalations:
+            if es.milestone in late or es.milestone in report.milestones \
+                    or any(m in report.milestones for m in es.unless):
+                continue
+            deadline = escalation_deadline(task, es, outbox, report.milestones)
+            if deadline is not None:
+                rules.append(Rule(deadline, f"{'Frist' if da else 'Deadline'}: "
+                                  f"{_label(task, es.milestone, lang)}", "deadline"))
     lanes = [r.name for r in view.recipients()] + [eg]
     times = [m.at for m in marks] + [r.at for r in rules]
     start = min(times) - timedelta(days=1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -103,6 +103,8 @@ class _State:
     notifications: Mapping[str, Notification]
     milestones: Mapping[str, MilestoneRecord]
     now: datetime
+    # the task's outbox documents per recipient key: ``mine`` is asked for every recipient
+    by_recipient: Mapping[str, Sequence[Notification]] = field(default_factory=dict)
 
     @property
     def calendar(self) -> WorkCalendar:
@@ -112,8 +114,7 @@ class _State:
         return self.notifications.get(notification_key(self.task.key, recipient.key, key))
 
     def mine(self, recipient: Recipient) -> Iterator[Notification]:
-        return (n for n in self.notifications.values()
-                if n.task == self.task.key and n.recipient == recipient.key)
+        return iter(self.by_recipient.get(recipient.key, ()))
 
     def orientation(self, recipient: Recipient) -> Notification | None:
         role = self.task.role(recipient.role)
@@ -147,7 +148,12 @@ def plan_followups(task: TaskDefinition, recipients: Sequence[Recipient],
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    st = _State(task, recipients, notifications, reached_milestones(milestones, now), now)
+    by_recipient: dict[str, list[Notification]] = {}
+    for n in notifications.values():
+        if n.task == task.key:
+            by_recipient.setdefault(n.recipient, []).append(n)
+    st = _State(task, recipients, notifications, reached_milestones(milestones, now), now,
+                by_recipient)
     due: list[Due] = []
     scheduled: list[Scheduled] = []
     for event in task.followups.events:

@@ -9,6 +9,7 @@ rescans the folder, deduplicated by Message-ID. Fetching uses BODY.PEEK and neve
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -20,7 +21,7 @@ from mailtracker.app import App
 from mailtracker.errors import ConfigError
 from mailtracker.inbound import imap
 from mailtracker.inbound.imap import HeaderInfo, Mailbox
-from mailtracker.inbound.judge.classify import Classification, Kind, classify
+from mailtracker.inbound.judge.classify import classify
 from mailtracker.inbound.judge.prefilter import is_candidate, screen, screen_blocks
 from mailtracker.inbound.mail.facts import IncomingMessage
 from mailtracker.inbound.mail.parse import parse
@@ -36,6 +37,7 @@ from mailtracker.task.transition import (
     sent_message_ids,
     transition,
 )
+from mailtracker.task.verdict import Classification, Kind
 
 log = logging.getLogger("mailtracker.poll")
 BATCH = 500
@@ -358,7 +360,9 @@ def run_watch_forever(app: App, *, health_interval: float = 3600.0) -> None:
     from mailtracker.inbound.watch import run_watch
 
     settings = imap_settings(app)
-    with app.store.exclusive("inbound", "'mailtracker poll' or 'watch'"):
+    # One event loop for the watcher's whole life: each round's follow-ups run in it.
+    with app.store.exclusive("inbound", "'mailtracker poll' or 'watch'"), \
+            asyncio.Runner() as loop:
         run_watch(lambda: open_mailbox(app), lambda mb: poll_once(app, mb),
                   wait_seconds=settings.watch_interval,
-                  health_interval=health_interval, after_poll=lambda: tick_sync(app))
+                  health_interval=health_interval, after_poll=lambda: tick_sync(app, loop))

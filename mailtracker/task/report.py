@@ -83,7 +83,7 @@ def build_report(task: TaskDefinition, view: StateReader, *, organisation: str, 
         next_step_da=next_step(task, status, coverage, milestones, "da"),
         warnings=list(warnings), handled=view.handled_count(),
         followups=followup_status(task, view, now),
-        klik_reason=klik_reason(task, recipients, notifications, facts), trust=trust,
+        klik_reason=klik_reason(task, recipients, notifications, facts, lang), trust=trust,
     )
 
 

@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from mailtracker.inbound.judge.classify import Classification, Kind
 from mailtracker.models import (
     DeliveryState,
     MilestoneRecord,
@@ -21,6 +20,7 @@ from mailtracker.models import (
     TimelineEntry,
 )
 from mailtracker.settings.taskdef import TaskDefinition
+from mailtracker.task.verdict import Classification, Kind
 
 
 @dataclass

@@ -31,49 +31,19 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 
 from mailtracker.inbound.judge.rules import InboundRules, MilestoneRule, NegativeRule, SenderClass
 from mailtracker.inbound.judge.senderauth import domain_under, verify_sender
+from mailtracker.inbound.judge.trust import TrustSettings
 from mailtracker.inbound.mail.facts import CalendarEvent, IncomingMessage
 from mailtracker.inbound.mail.ical import find_join_url
 from mailtracker.inbound.mail.text import clean, contains, contains_word, normalise
 from mailtracker.models import Evidence
-from mailtracker.settings.config import TrustSettings
+from mailtracker.task.verdict import Classification, Kind
 
 _PERSONAL_AUTO_SIGNALS = ("Auto-Submitted: auto-replied", "X-Autoreply", "X-Autorespond",
                           "Subject:")
 _BODY_DOMAIN_RE = re.compile(r"@([a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?)", re.IGNORECASE)
-
-
-class Kind(StrEnum):
-    MILESTONE = "milestone"
-    ACKNOWLEDGED = "acknowledged"
-    AUTO_REPLY = "auto_reply"
-    BOUNCE = "bounce"
-    QUARANTINE = "quarantine"
-    UNPARSEABLE = "unparseable"
-    UNRELATED = "unrelated"
-
-
-@dataclass(frozen=True)
-class Classification:
-    """What one message means for the task.
-
-    ``milestone``: set for ``milestone`` and, for ``quarantine``, the milestone the message
-    would have set. ``recipient``: our recipient (lower-case e-mail) an ``acknowledged``,
-    ``bounce`` or ``auto_reply`` refers to. ``reason``: why a ``bounce``, ``quarantine``,
-    ``unparseable`` or ignored ``unrelated``. ``evidence.details`` holds extras:
-    ``start``/``join_url``/``ical_uid`` for webinars, ``from`` for a reply from another address.
-    """
-
-    kind: Kind
-    summary: str
-    evidence: Evidence
-    milestone: str | None = None
-    recipient: str | None = None
-    reason: str | None = None
-    rule: str | None = None
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ from itertools import accumulate
 
 from mailtracker.inbound.judge.rules import InboundRules
 from mailtracker.inbound.judge.senderauth import domain_under
+from mailtracker.inbound.judge.trust import TrustSettings
 from mailtracker.inbound.mail.facts import IncomingMessage
-from mailtracker.inbound.mail.fromheader import MAX_FROM_CHARS, _scrape_domains
+from mailtracker.inbound.mail.fromheader import MAX_FROM_CHARS, scrape_domains
 from mailtracker.inbound.mail.parse import (
     _FORWARD_RE,
     _MSGID_RE,
@@ -30,7 +31,6 @@ from mailtracker.inbound.mail.parse import (
     MAX_SUBJECT,
 )
 from mailtracker.inbound.mail.text import clean, contains, normalise
-from mailtracker.settings.config import TrustSettings
 
 
 def _watched(rules: InboundRules, trust: TrustSettings) -> tuple[str, ...]:
@@ -67,7 +67,7 @@ def is_candidate(head: IncomingMessage, header_bytes: bytes, rules: InboundRules
 # results): about a millisecond per header block, most of a big first scan. The screen reads
 # only the header fields ``is_candidate`` looks at, straight from the bytes, and says "no"
 # only where parse + is_candidate would certainly say no too: it uses the same helpers
-# (``_scrape_domains``, ``domain_under``, ``normalise``, the same regexes) on the same field
+# (``scrape_domains``, ``domain_under``, ``normalise``, the same regexes) on the same field
 # values, and anything unusual (8-bit bytes that are not UTF-8, control characters, a line
 # that is no header field, a From without a domain, a huge block) goes to the full parse.
 
@@ -198,7 +198,7 @@ def _add_field(fields: dict[str, list[str]], name: bytes, raw: bytes) -> None:
 @lru_cache(maxsize=8192)
 def _from_may_match(values: tuple[str, ...], watched: tuple[str, ...]) -> bool:
     # The claimed domains exactly as parse_from finds them (it reads the first ten values).
-    claimed = [d for v in values[:10] for d in _scrape_domains(v[:MAX_FROM_CHARS])]
+    claimed = [d for v in values[:10] for d in scrape_domains(v[:MAX_FROM_CHARS])]
     # Without a claimed domain is_candidate looks at the parsed addresses: leave it to it.
     if not claimed:
         return True

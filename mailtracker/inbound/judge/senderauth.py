@@ -26,8 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mailtracker.inbound.judge.rules import SenderClass
+from mailtracker.inbound.judge.trust import TrustSettings
 from mailtracker.inbound.mail.facts import AuthResult, IncomingMessage
-from mailtracker.settings.config import TrustSettings
 
 _NEGATIVE_DMARC = {"fail", "permerror"}
 

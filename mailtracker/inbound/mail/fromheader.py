@@ -35,7 +35,7 @@ def parse_from(values: list[str]) -> FromHeader:
     addresses: list[Address] = []
     claimed: list[str] = []
     for value in values[:10]:
-        claimed.extend(_scrape_domains(value[:MAX_FROM_CHARS]))
+        claimed.extend(scrape_domains(value[:MAX_FROM_CHARS]))
         found, value_problems = _parse_one_from(value)
         addresses.extend(found)
         problems.extend(p for p in value_problems if p not in problems)
@@ -100,7 +100,7 @@ def _address(name: str, username: str, domain: str) -> Address:
     return Address(name=clean(name or "", 256), email=email)
 
 
-def _scrape_domains(value: str) -> list[str]:
+def scrape_domains(value: str) -> list[str]:
     return [clean(m.group(1), 253).lower().rstrip(".") for m in _DOMAIN_RE.finditer(value)]
 
 
