@@ -1,6 +1,6 @@
-"""The demo's in-memory mailboxes, behind the same :class:`~mailtracker.inbound.imap.Mailbox`
-interface the poller uses for IMAP.
+"""The demo's in-memory mailboxes, behind the poller's mailbox interface.
 
+The interface is :class:`~mailtracker.inbound.imap.Mailbox`, the one the poller uses for IMAP.
 :class:`MemoryAccount` is one address's folders (what a server stores); the demo MX delivers
 into it, possibly from the SMTP server's thread. :class:`MemoryMailbox` is one session on an
 account (what a connection sees): it selects a folder and answers the poller's questions the

@@ -9,7 +9,6 @@ rescans the folder, deduplicated by Message-ID. Fetching uses BODY.PEEK and neve
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -356,6 +355,8 @@ def run_poll(app: App, *, dry_run: bool = False,
 
 def run_watch_forever(app: App, *, health_interval: float = 3600.0) -> None:
     """``mailtracker watch``: poll, wait for news (IDLE or polling), repeat; until a signal."""
+    import asyncio
+
     from mailtracker.followup.runner import tick_sync
     from mailtracker.inbound.watch import run_watch
 

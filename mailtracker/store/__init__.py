@@ -1,4 +1,5 @@
-"""The state: TinyDB views and transactions over the state file (the only tinydb importer).
+"""The store: typed views and transactions over the state file, through TinyDB (here and in
+``store.buffer``, its extension points; nothing else imports TinyDB).
 
 Guarantees:
 - Each transaction is written once, atomically and durably, or not at all: a full disk or a
