@@ -125,7 +125,7 @@ def main(ctx: click.Context, config: str | None, debug: bool) -> None:
 
     Exit codes: 0 ok, 1 error, 2 usage, 3 config, 4 store, 5 store locked, 6 SMTP, 7 IMAP,
     8 template, 9 invalid input, 10 check failed, 11 delivery failed, 12 demo failed,
-    13 login refused, 130 interrupted.
+    13 login refused, 14 optional part not installed, 130 interrupted.
     """
     if debug or ctx.invoked_subcommand not in QUIET_COMMANDS:
         from mailtracker.logsetup import setup_logging
@@ -591,16 +591,27 @@ def login(state: CliState) -> None:
               help="Build the demo workspace here and keep it (config, state, sent mail).")
 @click.option("--lang", type=click.Choice(["da", "en"]), default="da", show_default=True,
               help="Language of the demo recipients' mail.")
+@click.option("--mailbox", type=click.Choice(["auto", "memory", "dovecot"]), default="auto",
+              show_default=True,
+              help="Where the mail lands: a Dovecot of the demo's own (dovecot), mailboxes in "
+                   "memory without IMAP (memory), or Dovecot when it is on PATH and starts, "
+                   "else memory (auto).")
 @json_option("Print the final status as JSON.")
-def demo(keep_dir: Path | None, lang: str, as_json: bool) -> None:
-    """Run the whole loop on embedded loopback servers: send, receive, poll, status.
+def demo(keep_dir: Path | None, lang: str, mailbox: str, as_json: bool) -> None:
+    """Run the whole loop on loopback servers: send, receive, poll, status.
 
-    Needs no root, no system packages and no network. Exits 0 only if the final state is
-    the expected one, so it doubles as a smoke test.
+    Needs no root and no network; only the demo extra (pip install 'mailtracker[demo]').
+    With Dovecot installed (Debian: dovecot-imapd) the mail is read over IMAP from a real,
+    unprivileged Dovecot; without it from mailboxes in memory. Exits 0 only if the final
+    state is the expected one, so it doubles as a smoke test.
     """
+    from mailtracker.demo import require_demo_extra
+
+    require_demo_extra()
     from mailtracker.demo.scenario import run_demo
 
     result = run_demo(keep_dir, keep_dir is not None, lang,
-                      (lambda line: click.echo(line, err=True)) if as_json else click.echo)
+                      (lambda line: click.echo(line, err=True)) if as_json else click.echo,
+                      mailbox)
     if as_json:
         _echo_json(result.status)

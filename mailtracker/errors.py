@@ -229,6 +229,7 @@ def with_advice(exc: MailServerError) -> str:
 
 
 class MissingExtraError(MailtrackerError):
-    """An optional part is not installed; the message says which extra to install."""
+    """An optional part is not installed; the message says which extra to install (or, for
+    ``demo --mailbox dovecot``, which system package)."""
 
     exit_status = ExitStatus.MISSING_EXTRA

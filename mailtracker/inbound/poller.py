@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -337,13 +338,18 @@ def _post_action(mailbox: Mailbox, settings: ImapSettings, uids: Sequence[int]) 
                     settings.post_action, exc)
 
 
-def run_poll(app: App, *, dry_run: bool = False) -> PollReport:
-    """``mailtracker poll``: connect, one pass, disconnect."""
+def run_poll(app: App, *, dry_run: bool = False,
+             connect: Callable[[], Mailbox] | None = None) -> PollReport:
+    """``mailtracker poll``: connect, one pass, disconnect.
+
+    ``connect`` opens the mailbox instead of ``[imap]``'s server (the demo's in-memory
+    mailbox); whatever it returns is closed after the pass."""
+    opener = connect or (lambda: open_mailbox(app))
     if dry_run:
-        with open_mailbox(app) as mailbox:
+        with closing(opener()) as mailbox:
             return poll_once(app, mailbox, dry_run=True)
     with app.store.exclusive("inbound", "'mailtracker poll' or 'watch'"), \
-            open_mailbox(app) as mailbox:
+            closing(opener()) as mailbox:
         return poll_once(app, mailbox)
 
 
