@@ -144,14 +144,17 @@ def main(ctx: click.Context, config: str | None, debug: bool) -> None:
               default=Path("config/mailtracker.toml"), show_default=True,
               help="Where to write the config file.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init(municipality: str, path: Path, force: bool) -> None:
+@click.option("--graph", is_flag=True,
+              help="Microsoft 365: read and send through Microsoft Graph (no IMAP or SMTP).")
+def init(municipality: str, path: Path, force: bool, graph: bool) -> None:
     """Write a commented starter config file."""
     from mailtracker.settings.starter import write_starter
 
     written = write_starter(path, municipality, since=date.today().replace(day=1).isoformat(),
-                            force=force)
-    click.echo(f"Wrote {written} (readable only by you). Edit the [smtp], [imap] and [trust] "
-               "sections, then run: mailtracker check")
+                            force=force, graph=graph)
+    sections = "[graph] and [oauth2]" if graph else "[smtp], [imap] and [trust]"
+    click.echo(f"Wrote {written} (readable only by you). Edit the {sections} sections, then "
+               "run: mailtracker check" + (" (docs/graph.md sets up the app)" if graph else ""))
 
 
 @main.group("config")

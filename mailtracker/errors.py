@@ -29,6 +29,7 @@ class ExitStatus(IntEnum):
     DEMO_FAILED = 12
     AUTH = 13
     MISSING_EXTRA = 14  # an optional part is not installed (pip install 'mailtracker[…]')
+    GRAPH = 15  # Microsoft Graph unreachable or refusing (not a login problem)
     INTERRUPTED = 130
 
 
@@ -233,3 +234,31 @@ class MissingExtraError(MailtrackerError):
     ``demo --mailbox dovecot``, which system package)."""
 
     exit_status = ExitStatus.MISSING_EXTRA
+
+
+class GraphError(MailServerError):
+    """Microsoft Graph failed: unreachable, throttled past our patience, or an error answer.
+    ``code`` is Graph's error code (``ErrorItemNotFound``…), ``status`` the HTTP status."""
+
+    exit_status = ExitStatus.GRAPH
+
+    def __init__(self, message: str, *, host: str | None = None, status: int | None = None,
+                 code: str | None = None):
+        self.status = status
+        self.code = code
+        super().__init__(message, host=host)
+
+
+class GraphAuthError(GraphError):
+    """The token was refused (401) even after a fresh one, or a permission is missing (403)."""
+
+    exit_status = ExitStatus.AUTH
+
+
+class GraphLinkError(GraphError, ConnectionError):
+    """The connection failed. ``reached`` is False only when the request provably never
+    reached the server (refused connection, DNS or TLS failure before it was written)."""
+
+    def __init__(self, message: str, *, host: str | None = None, reached: bool = True):
+        self.reached = reached
+        super().__init__(message, host=host)

@@ -64,6 +64,7 @@ class Notification:
     bounce_reason: str | None = None
     generation: int = 0  # bumped by --resend
     previous_message_ids: tuple[str, ...] = ()  # earlier sends: replies to them still count
+    draft_id: str | None = None  # Graph: the draft's immutable id, stored before it is sent
 
     @property
     def key(self) -> str:
@@ -122,6 +123,21 @@ class OrientedFact:
     template: str  # the orientation template the person was sent
     sent_at: datetime
     acknowledged_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaLink:
+    """Inbound position in Microsoft Graph: the folder's ``@odata.deltaLink`` (or the
+    ``nextLink`` of the next page), saved with the events of the page that led to it."""
+
+    account: str  # "graph:<mailbox>"
+    folder: str  # as configured ([graph] folder)
+    link: str
+    updated_at: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.account}|{self.folder}"
 
 
 @dataclass(frozen=True, slots=True)

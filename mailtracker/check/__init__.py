@@ -64,7 +64,7 @@ _LABEL = {"password": "password", "token": "OAuth2 token", "dns": "DNS", "tcp": 
           "tls": "TLS", "auth": "auth mechanisms", "login": "login", "folder": "folder",
           "authserv_id": "authserv_id", "move_to": "move_to folder", "config": "config",
           "directory": "directory", "state_file": "state file", "journal": "journal",
-          "lock": "lock"}
+          "lock": "lock", "permissions": "permissions", "mailbox": "mailbox"}
 _PORTS = {"smtp": '587 with tls = "starttls", 465 with tls = "implicit"',
           "imap": '993 with tls = "implicit", 143 with tls = "starttls"'}
 
@@ -103,10 +103,18 @@ async def run_check(app: App, *, now: datetime) -> CheckReport:
     ``now`` (aware) is the reference for certificate expiry. Blocking probes (DNS, TCP, TLS,
     IMAP) run inline: nothing else runs on the event loop during a check.
     """
-    groups = [await _smtp_group(app, now), await _imap_group(app, now),
-              _store_group(app.store)]
+    graph = app.settings.graph
+    groups = [*([] if graph and graph.send else [await _smtp_group(app, now)]),
+              *([] if graph and graph.read else [await _imap_group(app, now)]),
+              *([_graph_group(app, now)] if graph else []), _store_group(app.store)]
     return CheckReport(tuple(r for g in groups for r in g.results),
                        tuple((g.key, g.title) for g in groups))
+
+
+def _graph_group(app: App, now: datetime) -> _Group:
+    from mailtracker.check.graph import graph_group  # imports httpx: only when configured
+
+    return graph_group(app, now)
 
 
 def format_check(report: CheckReport) -> str:

@@ -229,7 +229,7 @@ def _attachments(app: App, due: Due, notifications: Mapping[str, Notification],
     description = (("Webinar fra EG om eFaktura til KP." if lang == "da"
                     else "EG's webinar about eFaktura to KP.")
                    + (f"\n\n{'Deltag' if lang == 'da' else 'Join'}: {join}" if join else ""))
-    smtp = app.settings.smtp
+    smtp = app.settings.sender
     entry = WebinarEntry(
         uid=uid, start=start, duration=timedelta(minutes=due.duration_minutes),
         summary=summary, description=description, join_url=join,
@@ -252,6 +252,6 @@ def _sequence(app: App, due: Due, notifications: Mapping[str, Notification]) -> 
 
 
 def _sender_domain(app: App) -> str:
-    smtp = app.settings.smtp
+    smtp = app.settings.sender
     address = smtp.from_address if smtp else "mailtracker@localhost"
     return address.rpartition("@")[2] or "localhost"

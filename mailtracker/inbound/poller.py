@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Protocol
 
 from mailtracker.app import App
 from mailtracker.errors import ConfigError
@@ -26,6 +27,7 @@ from mailtracker.inbound.mail.facts import IncomingMessage
 from mailtracker.inbound.mail.parse import parse
 from mailtracker.models import HandledMessage, UnparseableEntry, Watermark
 from mailtracker.settings.config import ImapSettings
+from mailtracker.settings.graphconfig import GraphSettings
 from mailtracker.settings.secrets import resolve_credential, token_renewer
 from mailtracker.store import Transaction
 from mailtracker.store.handled import HandledIndex
@@ -74,6 +76,35 @@ class _Item:
     msg: IncomingMessage
     cls: Classification
     received_at: datetime
+
+
+class ChunkSource(Protocol):
+    """What one batch needs of a mailbox: :class:`~mailtracker.inbound.imap.Mailbox` over
+    IMAP, or a delta page over Microsoft Graph (``inbound/graph.py``)."""
+
+    def fetch_headers(self, uids: Sequence[int], batch: int = ..., *,
+                      lean: bool = False) -> Iterator[HeaderInfo]: ...
+
+    def sizes_and_dates(self, uids: Sequence[int]
+                        ) -> dict[int, tuple[int, datetime | None]]: ...
+
+    def fetch_full_many(self, uids: Sequence[int]) -> dict[int, bytes]: ...
+
+    def add_keyword(self, uids: Sequence[int], keyword: str) -> None: ...
+
+    def move(self, uids: Sequence[int], folder: str) -> None: ...
+
+
+#: Saves the inbound position in the batch's transaction (IMAP watermark, Graph delta link).
+SavePosition = Callable[[Transaction], None]
+
+
+def inbound_settings(app: App) -> ImapSettings | GraphSettings:
+    """Where mail is read: ``[graph]`` with ``read = true``, else ``[imap]``."""
+    graph = app.settings.graph
+    if graph is not None and graph.read:
+        return graph
+    return imap_settings(app)
 
 
 def imap_settings(app: App) -> ImapSettings:
@@ -126,7 +157,11 @@ def poll_once(app: App, mailbox: Mailbox, *, dry_run: bool = False,
         return report
     for start in range(0, len(uids), batch):
         chunk = uids[start:start + batch]
-        _process_chunk(app, mailbox, chunk, report, dry_run=dry_run)
+
+        def save(txn: Transaction, last: int = chunk[-1]) -> None:
+            txn.set_watermark(Watermark(account, folder, report.uidvalidity, last, app.now()))
+
+        process_chunk(app, mailbox, chunk, report, save, dry_run=dry_run)
         report.last_uid = chunk[-1]
     return report
 
@@ -136,9 +171,10 @@ def _save_watermark(app: App, account: str, folder: str, uidvalidity: int, last:
         txn.set_watermark(Watermark(account, folder, uidvalidity, last, app.now()))
 
 
-def _process_chunk(app: App, mailbox: Mailbox, chunk: Sequence[int], report: PollReport, *,
-                   dry_run: bool) -> None:
-    settings = imap_settings(app)
+def process_chunk(app: App, mailbox: ChunkSource, chunk: Sequence[int], report: PollReport,
+                  save_position: SavePosition, *, dry_run: bool) -> None:
+    """Screen, fetch, classify and apply ``chunk``; one write with ``save_position``."""
+    settings = inbound_settings(app)
     view = app.store.snapshot()
     notifications = {n.key: n for n in view.notifications(app.task.key)}
     sent = sent_message_ids(notifications)
@@ -161,12 +197,12 @@ def _process_chunk(app: App, mailbox: Mailbox, chunk: Sequence[int], report: Pol
                 unparseable.append(UnparseableEntry(item.message_id, item.uid, settings.folder,
                                                     item.received_at, item.cls.reason or "?"))
             items.append(item)
-    applied = _write_batch(app, items, unparseable, chunk[-1], report, dry_run=dry_run)
+    applied = _write_batch(app, items, unparseable, save_position, report, dry_run=dry_run)
     if not dry_run and applied:
         _post_action(mailbox, settings, applied)
 
 
-def _candidates(app: App, mailbox: Mailbox, chunk: Sequence[int], sent: dict[str, str],
+def _candidates(app: App, mailbox: ChunkSource, chunk: Sequence[int], sent: dict[str, str],
                 report: PollReport) -> list[HeaderInfo]:
     """The chunk's messages that ``_wanted`` must look at, with size and INTERNALDATE.
 
@@ -232,7 +268,7 @@ def _wanted(app: App, head: HeaderInfo, sent: dict[str, str],
 
 def _examine(app: App, want: _Wanted, bodies: Mapping[int, bytes], sent: dict[str, str],
              report: PollReport) -> _Item | None:
-    settings = imap_settings(app)
+    settings = inbound_settings(app)
     head = want.head
     if head.size > settings.max_message_bytes:
         reason = f"message is {head.size} bytes, over max_message_bytes; judged on headers"
@@ -255,11 +291,12 @@ def _with_defect(msg: IncomingMessage, defect: str) -> IncomingMessage:
 
 
 def _write_batch(app: App, items: Sequence[_Item], unparseable: Sequence[UnparseableEntry],
-                 last_uid: int, report: PollReport, *, dry_run: bool) -> list[int]:
+                 save_position: SavePosition, report: PollReport, *,
+                 dry_run: bool) -> list[int]:
     """Apply the batch's effects, handled IDs and watermark in ONE transaction.
 
     Returns the UIDs whose message changed the task (for the post-action)."""
-    settings = imap_settings(app)
+    settings = inbound_settings(app)
     applied: list[int] = []
     if dry_run:
         view = app.store.snapshot()
@@ -274,8 +311,7 @@ def _write_batch(app: App, items: Sequence[_Item], unparseable: Sequence[Unparse
             txn.add_unparseable(entry)
         txn.add_handled([HandledMessage(i.message_id, app.now(), i.cls.kind.value, i.uid,
                                         settings.folder) for i in fresh])
-        txn.set_watermark(Watermark(account_of(settings), settings.folder, report.uidvalidity,
-                                    last_uid, app.now()))
+        save_position(txn)
     return applied
 
 
@@ -324,16 +360,17 @@ def _write_effect(app: App, txn: Transaction, effect: Effect) -> None:
         txn.add_timeline(app.task.key, t)
 
 
-def _post_action(mailbox: Mailbox, settings: ImapSettings, uids: Sequence[int]) -> None:
+def _post_action(mailbox: ChunkSource, settings: ImapSettings | GraphSettings,
+                 uids: Sequence[int]) -> None:
     """After the write: a failure here is logged, never undoes what was recorded."""
-    from mailtracker.errors import ImapError
+    from mailtracker.errors import GraphError, ImapError
 
     try:
-        if settings.post_action == "keyword":
+        if settings.post_action in ("keyword", "category"):
             mailbox.add_keyword(uids, settings.keyword)
         elif settings.post_action == "move":
             mailbox.move(uids, settings.move_to)
-    except ImapError as exc:
+    except (ImapError, GraphError) as exc:
         log.warning("post-action %s failed (the events are recorded): %s",
                     settings.post_action, exc)
 
@@ -343,7 +380,12 @@ def run_poll(app: App, *, dry_run: bool = False,
     """``mailtracker poll``: connect, one pass, disconnect.
 
     ``connect`` opens the mailbox instead of ``[imap]``'s server (the demo's in-memory
-    mailbox); whatever it returns is closed after the pass."""
+    mailbox); whatever it returns is closed after the pass. With ``[graph] read = true``
+    the pass reads the folder's delta through Microsoft Graph."""
+    if connect is None and isinstance(inbound_settings(app), GraphSettings):
+        from mailtracker.inbound.graph import run_graph_poll
+
+        return run_graph_poll(app, dry_run=dry_run)
     opener = connect or (lambda: open_mailbox(app))
     if dry_run:
         with closing(opener()) as mailbox:
@@ -355,6 +397,11 @@ def run_poll(app: App, *, dry_run: bool = False,
 
 def run_watch_forever(app: App, *, health_interval: float = 3600.0) -> None:
     """``mailtracker watch``: poll, wait for news (IDLE or polling), repeat; until a signal."""
+    if isinstance(inbound_settings(app), GraphSettings):
+        from mailtracker.inbound.graph import run_graph_watch
+
+        run_graph_watch(app, health_interval=health_interval)
+        return
     import asyncio
 
     from mailtracker.followup.runner import tick_sync

@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from mailtracker.errors import (
+    GraphAuthError,
+    GraphError,
     ImapAuthError,
     ImapError,
     ImapFolderError,
@@ -27,13 +29,23 @@ from mailtracker.errors import (
     OAuth2UnavailableError,
     StoreError,
 )
-from mailtracker.inbound.imap import Mailbox
 
 log = logging.getLogger("mailtracker.watch")
 
 
 class StopRequested(BaseException):
     """Raised by the signal handler to interrupt a blocking wait (not an error)."""
+
+
+class Watched(Protocol):
+    """What ``watch`` needs of a mailbox (IMAP's ``Mailbox``, Graph's ``GraphReader``)."""
+
+    def wait_for_change(self, timeout: float) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+Mailbox = TypeVar("Mailbox", bound=Watched)
 
 
 class PollSummary(Protocol):
@@ -111,7 +123,7 @@ def run_watch(connect: Callable[[], Mailbox], poll: Callable[[Mailbox], PollSumm
     next_health = time.monotonic() + health_interval
     with _signals(state):
         while not state.event.is_set():
-            mailbox: Mailbox | None = None
+            mailbox: Watched | None = None
             try:
                 with _interruptible(state):
                     mailbox = connect()
@@ -137,7 +149,8 @@ def run_watch(connect: Callable[[], Mailbox], poll: Callable[[Mailbox], PollSumm
                             1.0, next_health - time.monotonic())))
             except StopRequested:
                 pass
-            except (ImapAuthError, ImapFolderError, ImapTlsError, OAuth2Error) as exc:
+            except (ImapAuthError, ImapFolderError, ImapTlsError, OAuth2Error,
+                    GraphAuthError) as exc:
                 if isinstance(exc, OAuth2UnavailableError):  # the IdP is down: a lost link
                     backoff = _link_lost(state, stats, exc, backoff, max_backoff)
                     continue
@@ -149,7 +162,7 @@ def run_watch(connect: Callable[[], Mailbox], poll: Callable[[Mailbox], PollSumm
                 log.error("%s; retrying in %.0f s", exc, max_backoff)
                 backoff = max_backoff
                 _pause(state, backoff)
-            except (ImapError, OSError, StoreError) as exc:
+            except (ImapError, GraphError, OSError, StoreError) as exc:
                 backoff = _link_lost(state, stats, exc, backoff, max_backoff)
             finally:
                 if mailbox is not None:
@@ -177,14 +190,14 @@ def _pause(state: _StopState, seconds: float) -> None:
         pass
 
 
-def _close(mailbox: Mailbox, *, aborted: bool) -> None:
+def _close(mailbox: Watched, *, aborted: bool) -> None:
     abort = getattr(mailbox, "abort", None)
     try:
         if aborted and callable(abort):
             abort()
         else:
             mailbox.close()
-    except (ImapError, OSError):
+    except (ImapError, GraphError, OSError):
         pass
 
 

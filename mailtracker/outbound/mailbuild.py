@@ -109,7 +109,7 @@ def orientation_context(app: App, recipient: Recipient,
     roster = everyone if isinstance(everyone, Roster) else Roster(app, everyone)
     role = app.task.role(recipient.role)
     kp_owner = roster.kp_owner
-    smtp = app.settings.smtp
+    smtp = app.settings.sender
     context = render_context(
         recipient_name=recipient.name, recipient_email=recipient.email, role=recipient.role,
         greeting=recipient.greeting,
@@ -139,7 +139,7 @@ def build_outgoing(app: App, recipient: Recipient, template: str,
     ctx = context if context is not None else orientation_context(
         app, recipient, everyone or [recipient])
     rendered = render(templates_root(app), app.task.key, recipient.lang, template, ctx)
-    smtp = app.settings.smtp
+    smtp = app.settings.sender
     sender_address = smtp.from_address if smtp else "mailtracker@localhost"
     sender_name = smtp.from_name if smtp else app.settings.organisation
     domain = sender_address.rpartition("@")[2]

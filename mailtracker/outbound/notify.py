@@ -126,6 +126,11 @@ async def deliver(app: App, plan: Sequence[OutgoingMail], *, sleep: Sleep = asyn
     """
     if not plan:
         return []
+    if _graph_sends(app):
+        from mailtracker.outbound import graph_send
+
+        _persist_plan(app, plan)
+        return await graph_send.send_all(app, plan, sleep=sleep)
     smtp_settings = app.settings.smtp
     if smtp_settings is None:
         raise ConfigError("no [smtp] section: cannot send", path=app.settings.path, key="smtp")
@@ -147,6 +152,10 @@ def write_previews(directory: Path, plan: Sequence[OutgoingMail]) -> None:
 
 def recover_interrupted(app: App) -> None:
     """A notification left in ``sending`` by a killed run may or may not have been delivered."""
+    if _graph_sends(app):  # Graph can tell: it looks in Sent Items first
+        from mailtracker.outbound import graph_send
+
+        graph_send.recover(app)
     reason = ("the previous run stopped while sending; it may have been delivered: check with "
               "the recipient, then use --resend if it did not arrive")
     with app.store.transaction() as txn:
@@ -154,6 +163,11 @@ def recover_interrupted(app: App) -> None:
             if n.state is NotificationState.SENDING:
                 txn.put_notification(n.with_(state=NotificationState.UNKNOWN, last_error=reason,
                                              updated_at=app.now()))
+
+
+def _graph_sends(app: App) -> bool:
+    graph = app.settings.graph
+    return app.settings.smtp is None and graph is not None and graph.send
 
 
 def _persist_plan(app: App, plan: Sequence[OutgoingMail]) -> None:

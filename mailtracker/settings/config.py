@@ -15,12 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from mailtracker.addresses import check_email
 from mailtracker.errors import ConfigError
 from mailtracker.inbound.judge.trust import SenderAuth, TrustSettings
 from mailtracker.tables import Table
+
+if TYPE_CHECKING:
+    from mailtracker.settings.graphconfig import GraphSettings
 
 TlsMode = Literal["implicit", "starttls", "none"]
 AuthMethod = Literal["password", "oauth2"]
@@ -132,10 +135,26 @@ class Settings:
     templates_dir: Path | None = None  # override of the packaged templates
     extra: Mapping[str, Any] = field(default_factory=dict)
     oauth2: OAuth2Settings | None = None
+    graph: GraphSettings | None = None  # [graph]: Microsoft Graph (settings/graphconfig.py)
 
     @property
     def config_dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def sender(self) -> Sender | None:
+        """Who sent mail is from: ``[smtp]``, else ``[graph]`` when it sends."""
+        if self.smtp is not None:
+            return Sender(self.smtp.from_name, self.smtp.from_address)
+        if self.graph is not None and self.graph.send:
+            return Sender(self.graph.from_name or self.organisation, self.graph.from_address)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    from_name: str
+    from_address: str
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str],
@@ -448,7 +467,7 @@ def _check_auth(settings: Settings) -> None:
 
 
 _TOP_KEYS = {"organisation", "task", "store", "smtp", "imap", "trust", "templates", "oauth2",
-             "followups"}
+             "followups", "graph"}
 
 
 def _build(data: Mapping[str, Any], path: Path) -> Settings:
@@ -465,6 +484,7 @@ def _build(data: Mapping[str, Any], path: Path) -> Settings:
     templates = _section(data, "templates", path)
     templates.unknown_keys({"dir"})
     store_path = store.path_("path", path.parent) or path.parent / "mailtracker.json"
+    graph = _graph(data, path)  # first: its contradictions with [imap]/[smtp] say the most
     settings = Settings(
         path=path,
         organisation=org.req_str("name"),
@@ -477,6 +497,15 @@ def _build(data: Mapping[str, Any], path: Path) -> Settings:
         templates_dir=templates.path_("dir", path.parent),
         extra={k: v for k, v in data.items() if k in {"followups"}},
         oauth2=_oauth2(data, path),
+        graph=graph,
     )
     _check_auth(settings)
     return settings
+
+
+def _graph(data: Mapping[str, Any], path: Path) -> GraphSettings | None:
+    from mailtracker.settings.graphconfig import check_graph_oauth2, parse_graph
+
+    graph = parse_graph(data, path)
+    check_graph_oauth2(graph, data, path)
+    return graph

@@ -27,7 +27,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -346,4 +346,9 @@ def sign_in(settings: Settings, environ: Mapping[str, str],
     if settings.oauth2 is None:
         raise ConfigError("no [oauth2] section: nothing to sign in to (see docs/oauth2.md)",
                           path=settings.path, key="oauth2")
-    return TokenProvider(settings.oauth2, environ).sign_in(show)
+    oauth2 = settings.oauth2
+    servers = (settings.smtp, settings.imap)
+    if settings.graph is not None and not any(s is not None and s.auth == "oauth2"
+                                              for s in servers):
+        oauth2 = replace(oauth2, scopes=settings.graph.scopes)  # the token is for Graph
+    return TokenProvider(oauth2, environ).sign_in(show)

@@ -56,6 +56,30 @@ sender_domains = ["eg.dk"]
 signing_domains = ["penneo.com", "addo.dk", "addosign.com"]
 """
 
+# Microsoft 365 through Microsoft Graph (docs/graph.md): no IMAP, no SMTP AUTH.
+STARTER_GRAPH = STARTER[:STARTER.index("[smtp]")] + """\
+[graph]
+mailbox = "kp-systemejer@{domain}"   # the mailbox read and sent from (address or object id)
+folder = "Inbox"             # well-known name, display name, or a path like "Indbakke/EG"
+since = "{since}"            # the first sync starts here
+post_action = "none"         # "none" | "category" | "move" (then set move_to)
+# move_to = "Behandlet"
+# category = "mailtracker"
+
+[oauth2]
+# The app registration in Entra ID (application permissions Mail.ReadWrite and Mail.Send,
+# limited to the mailbox with RBAC for Applications: docs/graph.md).
+tenant_id = "00000000-0000-0000-0000-000000000000"   # Entra admin center → Overview
+client_id = "00000000-0000-0000-0000-000000000000"   # the app's Application (client) ID
+client_secret_env = "MAILTRACKER_CLIENT_SECRET"      # or certificate_path + _thumbprint
+
+[trust]
+# Exchange Online's own verdict on the sender, for the tenant above.
+sender_auth = "exchange_online"
+sender_domains = ["eg.dk"]
+signing_domains = ["penneo.com", "addo.dk", "addosign.com"]
+"""
+
 
 def _domain_guess(name: str) -> str:
     base = name.lower().replace(" kommune", "").strip()
@@ -64,14 +88,16 @@ def _domain_guess(name: str) -> str:
     return f"{slug}.dk"
 
 
-def write_starter(path: Path, municipality: str, *, since: str, force: bool = False) -> Path:
+def write_starter(path: Path, municipality: str, *, since: str, force: bool = False,
+                  graph: bool = False) -> Path:
     """Write the starter config at ``path`` (mode 0600). Refuses to overwrite unless ``force``."""
     if any(ord(c) < 32 or c == '"' or c == "\\" for c in municipality):
         raise InvalidInputError("municipality name must not contain quotes, backslashes or "
                                 "control characters")
     if path.exists() and not force:
         raise ConfigError("already exists; use --force to overwrite", path=path)
-    text = STARTER.format(name=municipality, domain=_domain_guess(municipality), since=since)
+    text = (STARTER_GRAPH if graph else STARTER).format(
+        name=municipality, domain=_domain_guess(municipality), since=since)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

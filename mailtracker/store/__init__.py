@@ -31,6 +31,7 @@ from mailtracker.errors import (
 )
 from mailtracker.models import (
     DeliveryState,
+    DeltaLink,
     HandledMessage,
     MilestoneRecord,
     Notification,
@@ -149,6 +150,9 @@ class StateView:
     def watermark(self, account: str, folder: str) -> Watermark | None:
         return self._get("watermarks", Watermark, f"{account}|{folder}")
 
+    def delta_link(self, account: str, folder: str) -> DeltaLink | None:
+        return self._get("deltalinks", DeltaLink, f"{account}|{folder}")
+
     def quarantine(self, task: str | None = None) -> list[QuarantineEntry]:
         items = self._all("quarantine", QuarantineEntry)
         return sorted((q for q in items if task is None or q.task == task), key=lambda q: q.at)
@@ -218,6 +222,9 @@ class Transaction(StateView):
 
     def set_watermark(self, watermark: Watermark) -> None:
         self._put("watermarks", watermark.key, to_doc(watermark))
+
+    def set_delta_link(self, mark: DeltaLink) -> None:
+        self._put("deltalinks", mark.key, to_doc(mark))
 
     def put_quarantine(self, entry: QuarantineEntry) -> None:
         self._put("quarantine", entry.id, to_doc(entry))

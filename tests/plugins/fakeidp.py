@@ -56,6 +56,8 @@ TENANT = "11111111-2222-3333-4444-555555555555"
 EXCHANGE = "https://outlook.office365.com"
 EXCHANGE_AUDIENCES = {EXCHANGE, "https://outlook.office.com"}
 APP_ROLES = ("IMAP.AccessAsApp", "SMTP.SendAsApp")
+GRAPH = "https://graph.microsoft.com"
+GRAPH_ROLES = ("Mail.ReadWrite", "Mail.Send")  # an app token for Graph: what tests/graph use
 _ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 _RESERVED = {"openid", "profile", "offline_access"}
@@ -117,6 +119,7 @@ class FakeIdP:
         self._blocked: set[str] = set()
         self._refresh: dict[str, tuple[str, str, str]] = {}  # token -> client, user, scope
         self._devices: dict[str, dict[str, Any]] = {}  # device_code -> state
+        self.graph_roles: dict[str, tuple[str, ...]] = {}  # client -> roles in Graph tokens
 
     @property
     def authority(self) -> str:
@@ -271,8 +274,9 @@ class FakeIdP:
         if len(scopes) != 1 or not scopes[0].endswith("/.default"):
             raise OAuthError("invalid_scope", "AADSTS1002012: the scope must end in /.default")
         assert client.mailbox is not None
-        claims = {"aud": scopes[0].removesuffix("/.default"), "roles": list(APP_ROLES),
-                  "username": client.mailbox}
+        aud = scopes[0].removesuffix("/.default")
+        roles = self.graph_roles.get(client.client_id, GRAPH_ROLES) if aud == GRAPH else APP_ROLES
+        claims = {"aud": aud, "roles": list(roles), "username": client.mailbox}
         return self._issue(client, claims)
 
     def _user_tokens(self, client: Client, user: str, scope: str) -> dict[str, Any]:
@@ -367,4 +371,4 @@ def fake_idp(fake_idp_server: FakeIdP, test_ca: TestCA,
     return fake_idp_server
 
 
-__all__ = ["APP_ROLES", "EXCHANGE", "TENANT", "FakeIdP", "TokenRequest"]
+__all__ = ["APP_ROLES", "EXCHANGE", "GRAPH", "GRAPH_ROLES", "TENANT", "FakeIdP", "TokenRequest"]
