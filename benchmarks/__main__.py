@@ -16,11 +16,19 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import graph_cases, imap_cases, mailgen, notify_case, report_case, store_cases
+from benchmarks import (
+    graph_cases,
+    imap_cases,
+    mailgen,
+    notify_case,
+    peers,
+    report_case,
+    store_cases,
+)
 from benchmarks.environment import Environment, Mailbox, copy_store
 from benchmarks.measure import Row, details, table
 
-CASES = ("scan", "poll", "notify", "cli", "store", "report", "graph")
+CASES = ("scan", "poll", "peers", "notify", "cli", "store", "report", "graph")
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,12 @@ def _new_mail(count: int) -> list[bytes]:
 def run_imap(env: Environment, plan: Plan, cases: set[str], rows: list[Row],
              rss: list[str]) -> None:
     for size in plan.scan_sizes:
+        if not cases & {"scan", "poll"} and size != plan.scan_sizes[0]:
+            continue
         mb, base = _mailbox(env, size)
+        if size == plan.scan_sizes[0] and "peers" in cases:
+            _say(f"peers (imap-tools, getmail6) on {size:,}")
+            rows.extend(peers.peer_cases(env, mb, base, reps=plan.reps))
         if "scan" in cases:
             _say(f"initial scan of {size:,}")
             rows.append(imap_cases.scan_case(env, mb, base, reps=plan.scan_reps))
@@ -131,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if any(r.verdict == "ABOVE GOAL" for r in rows) else 0
     env = Environment.start()
     try:
-        if cases & {"scan", "poll"}:
+        if cases & {"scan", "poll", "peers"}:
             run_imap(env, plan, cases, rows, rss)
         if "notify" in cases:
             _say(f"notify to {plan.recipients} recipients")

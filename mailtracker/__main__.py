@@ -1,3 +1,5 @@
+"""``python -m mailtracker``: the command line."""
+
 from mailtracker.cli import main
 
 main()

@@ -62,5 +62,17 @@ def first_name(name: str) -> str:
     return name.split()[0]
 
 
+def natural_name(name: str) -> str:
+    """A person's name as it reads in a sentence or under a signature: ``'Pedersen, Karen'``
+    → ``'Karen Pedersen'``; a department (``'Økonomi, Fælles'``) or a name without a comma
+    stays as registered."""
+    if "," not in name or any(word in name.lower() for word in _UNIT_WORDS):
+        return name
+    last, _, first = name.partition(",")
+    if not first.strip() or "," in first:
+        return name
+    return f"{first.strip()} {last.strip()}"
+
+
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower()

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from mailtracker.app import App
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 # Commands that log nothing: they start without the logging module (about 8 ms of a
 # ``status`` run). ``--debug`` always sets logging up.
 QUIET_COMMANDS = frozenset({"status", "init", "config", "recipients", "review", "mark",
@@ -91,6 +92,11 @@ class MailtrackerGroup(click.Group):
 pass_state = click.make_pass_decorator(CliState)
 
 
+def json_option(help: str = "Output JSON.") -> Callable[[F], F]:
+    """``--json`` for a command whose output is data: the one declaration of it."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
 def _run_async(coro: Coroutine[Any, Any, T]) -> T:
     import asyncio
 
@@ -119,7 +125,7 @@ def main(ctx: click.Context, config: str | None, debug: bool) -> None:
 
     Exit codes: 0 ok, 1 error, 2 usage, 3 config, 4 store, 5 store locked, 6 SMTP, 7 IMAP,
     8 template, 9 invalid input, 10 check failed, 11 delivery failed, 12 demo failed,
-    13 login refused, 130 interrupted.
+    13 login refused, 14 optional part not installed, 130 interrupted.
     """
     if debug or ctx.invoked_subcommand not in QUIET_COMMANDS:
         from mailtracker.logsetup import setup_logging
@@ -157,7 +163,7 @@ def config_group() -> None:
 
 
 @config_group.command("show")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @pass_state
 def config_show(state: CliState, as_json: bool) -> None:
     """Show the effective settings (secrets are never shown, only where they come from)."""
@@ -214,7 +220,7 @@ def recipients_add(state: CliState, role: str, name: str, email: str, lang: str 
 
 
 @recipients.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @pass_state
 def recipients_list(state: CliState, as_json: bool) -> None:
     """List recipients."""
@@ -294,7 +300,7 @@ def _klik(app: App) -> str:
 @click.option("--resend", is_flag=True, help="Send again, even to those already sent to.")
 @click.option("--to", "only", multiple=True, metavar="EMAIL",
               help="Only this recipient (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @pass_state
 def notify(state: CliState, dry_run: bool, preview_dir: Path | None, role: str | None,
            resend: bool, only: tuple[str, ...], as_json: bool) -> None:
@@ -327,7 +333,7 @@ def notify(state: CliState, dry_run: bool, preview_dir: Path | None, role: str |
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown"]),
               default=None, help="Output format: text (default) or markdown (paste in KLIK).")
 @pass_state
@@ -340,8 +346,13 @@ def status(state: CliState, as_json: bool, fmt: str | None) -> None:
 
     app = state.app()
     view = app.store.snapshot()
+    restored = app.store.unrecorded_sends()
     report = build_report(app.task, view, organisation=app.settings.organisation, now=app.now(),
-                          warnings=[*app.store.warnings, *trust_warnings(app.settings)],
+                          warnings=[*app.store.warnings, *trust_warnings(app.settings),
+                                    *([f"{len(restored)} mail(s) went out that this state file "
+                                       "does not record (restored from an older backup?); "
+                                       "notify and tick refuse until that is settled"]
+                                      if restored else [])],
                           trust=trust_mode(app.settings))
     if as_json:
         _echo_json(to_json(report))
@@ -361,7 +372,7 @@ def status(state: CliState, as_json: bool, fmt: str | None) -> None:
               help="Write it as a PDF/A here (needs: pip install 'mailtracker[pdf]').")
 @click.option("--lang", type=click.Choice(["da", "en"]), default=None,
               help="Language of the dossier [default: the config's [task] language].")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON (the files written).")
+@json_option("Output JSON (the files written).")
 @pass_state
 def report(state: CliState, html_path: Path | None, pdf_path: Path | None, lang: str | None,
            as_json: bool) -> None:
@@ -419,7 +430,7 @@ def mark(state: CliState, milestone: str, note: str | None, by: str | None,
 
 
 @main.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @click.option("--all", "include_decided", is_flag=True, help="Include decided entries.")
 @click.pass_context
 def review(ctx: click.Context, as_json: bool, include_decided: bool) -> None:
@@ -477,7 +488,7 @@ def review_reject(state: CliState, entry_id: str) -> None:
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Show what would change; store nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @pass_state
 def poll(state: CliState, dry_run: bool, as_json: bool) -> None:
     """Read new mail once and move the task forward (one line per change)."""
@@ -524,7 +535,7 @@ def watch(state: CliState, health_interval: float) -> None:
               help="Show what is due; render, but send and store nothing.")
 @click.option("--preview-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write each mail due as an .eml file here (with --dry-run: only that).")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @pass_state
 def tick(state: CliState, dry_run: bool, preview_dir: Path | None, as_json: bool) -> None:
     """Send the follow-ups due now: event mail, reminders, escalations.
@@ -548,7 +559,7 @@ def tick(state: CliState, dry_run: bool, preview_dir: Path | None, as_json: bool
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option()
 @pass_state
 def check(state: CliState, as_json: bool) -> None:
     """Check SMTP, IMAP and the state file; each problem with the fix to try."""
@@ -583,16 +594,27 @@ def login(state: CliState) -> None:
               help="Build the demo workspace here and keep it (config, state, sent mail).")
 @click.option("--lang", type=click.Choice(["da", "en"]), default="da", show_default=True,
               help="Language of the demo recipients' mail.")
-@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
-def demo(keep_dir: Path | None, lang: str, as_json: bool) -> None:
-    """Run the whole loop on embedded loopback servers: send, receive, poll, status.
+@click.option("--mailbox", type=click.Choice(["auto", "memory", "dovecot"]), default="auto",
+              show_default=True,
+              help="Where the mail lands: a Dovecot of the demo's own (dovecot), mailboxes in "
+                   "memory without IMAP (memory), or Dovecot when it is on PATH and starts, "
+                   "else memory (auto).")
+@json_option("Print the final status as JSON.")
+def demo(keep_dir: Path | None, lang: str, mailbox: str, as_json: bool) -> None:
+    """Run the whole loop on loopback servers: send, receive, poll, status.
 
-    Needs no root, no system packages and no network. Exits 0 only if the final state is
-    the expected one, so it doubles as a smoke test.
+    Needs no root and no network; only the demo extra (pip install 'mailtracker[demo]').
+    With Dovecot installed (Debian: dovecot-imapd) the mail is read over IMAP from a real,
+    unprivileged Dovecot; without it from mailboxes in memory. Exits 0 only if the final
+    state is the expected one, so it doubles as a smoke test.
     """
+    from mailtracker.demo import require_demo_extra
+
+    require_demo_extra()
     from mailtracker.demo.scenario import run_demo
 
     result = run_demo(keep_dir, keep_dir is not None, lang,
-                      (lambda line: click.echo(line, err=True)) if as_json else click.echo)
+                      (lambda line: click.echo(line, err=True)) if as_json else click.echo,
+                      mailbox)
     if as_json:
         _echo_json(result.status)

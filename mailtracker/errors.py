@@ -119,6 +119,11 @@ class StoreCorruptError(StoreError):
     """The state file is not valid mailtracker JSON."""
 
 
+class StoreRestoredError(StoreError):
+    """The state file is older than the mail that went out (restored from an older backup?):
+    sending now could send a second copy."""
+
+
 class StoreFullError(StoreError, OSError):
     """The disk is full; the write was abandoned and the old state file kept."""
 
@@ -225,7 +230,8 @@ def with_advice(exc: MailServerError) -> str:
 
 
 class MissingExtraError(MailtrackerError):
-    """An optional part is not installed; the message says which extra to install."""
+    """An optional part is not installed; the message says which extra to install (or, for
+    ``demo --mailbox dovecot``, which system package)."""
 
     exit_status = ExitStatus.MISSING_EXTRA
 

@@ -128,3 +128,29 @@ def test_failing_password_command_does_not_leak_stdout(tmp_path: Path) -> None:
         resolve_password(settings.smtp.secret, {}, section="smtp", username="u")
     assert "status 3" in str(info.value) and "gpg: failed" in str(info.value)
     assert "topsecret" not in str(info.value)
+
+
+def test_every_table_reader_error_names_the_file_and_the_key(tmp_path: Path) -> None:
+    """One reader for the config file and the task definitions: a typo anywhere is refused
+    with the file and the key, never ignored."""
+    from mailtracker.errors import TaskDefinitionError
+    from mailtracker.resources import data_dir
+    from mailtracker.settings.taskdef import load_task
+
+    source = (data_dir("config") / "tasks" / "efaktura-8b.toml").read_text(encoding="utf-8")
+    cases = {
+        "roles[1].lable_da": source.replace('label_da = "Aftaleadministrator"',
+                                            'lable_da = "Aftaleadministrator"'),
+        "milestones[0].source": source.replace('\nsource = "mail"\n', '\nsource = "e-mail"\n', 1),
+        "reminders.max_count": source.replace("max_count = 1", "max_count = -1"),
+        "inbound.rules[0].senders": source + '\n[[inbound.rules]]\nname = "x"\n'
+                                             'milestone = "guide_received"\nsenders = ["nobody"]\n'
+                                             'words = ["x"]\n',
+    }
+    for key, text in cases.items():
+        path = tmp_path / "task.toml"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(TaskDefinitionError) as caught:
+            load_task(path)
+        assert str(caught.value).startswith(f"{path}: ") and key.split("[")[0] in str(
+            caught.value), (key, str(caught.value))

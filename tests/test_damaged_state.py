@@ -97,3 +97,64 @@ def test_a_journal_line_cut_short_is_reported_not_dropped_in_silence(told: Works
     assert len(status["recipients"]) == 3
     text = told.cli("status").output
     assert "mailtracker.json.journal: line" in text
+
+
+# ---------------------------------------------------------------- restored from an older backup
+
+
+def test_a_state_restored_from_an_older_backup_sends_nobody_a_second_copy(
+        told: Workspace, smtp_server: SmtpTestServer, tmp_path: Path) -> None:
+    """The backup is taken, a fourth person is told, then the older backup is put back (state
+    file and journal, as the README says to back up). The sent ledger beside them knows what
+    went out since: notify and tick refuse, and say what to do."""
+    backup = {name: data for name, data in files(told).items()
+              if name in ("mailtracker.json", "mailtracker.json.journal")}
+    told.add_recipients([("finance", "Økonomi, Fælles", "okonomi@kommune.example")])
+    assert told.cli("notify").exit_code == 0
+    assert len(smtp_server.messages) == 4
+    for name in ("mailtracker.json", "mailtracker.json.journal"):
+        (told.store_path.parent / name).unlink()
+    for name, data in backup.items():
+        (told.store_path.parent / name).write_bytes(data)
+    told.add_recipients([("finance", "Økonomi, Fælles", "okonomi@kommune.example")])
+
+    for args in (["notify"], ["notify", "--dry-run"], ["tick"]):
+        refused = told.cli(*args)
+        assert refused.exit_code == 4, (args, refused.output)
+        assert "1 mail(s) went out that this state file does not record" in refused.output
+        assert "restored from an older backup?" in refused.output
+        assert "move mailtracker.json.sent aside" in refused.output
+    assert len(smtp_server.messages) == 4, "nobody was told a second time"
+    # status still shows where things stand, and says it
+    status = told.cli("status")
+    assert status.exit_code == 0
+    assert "Warning: 1 mail(s) went out that this state file does not record" in status.output
+    # The person in charge compares with the Sent folder and moves the ledger aside: the
+    # state is taken as it is (here it would send the fourth mail again, knowingly).
+    ledger = told.store_path.with_name("mailtracker.json.sent")
+    ledger.rename(tmp_path / "sent.old")
+    assert told.cli("notify").exit_code == 0
+    assert len(smtp_server.messages) == 5
+
+
+def test_a_missing_state_file_whose_ledger_shows_mail_went_out_is_not_a_new_task(
+        told: Workspace, smtp_server: SmtpTestServer) -> None:
+    for name in ("mailtracker.json", "mailtracker.json.journal"):
+        (told.store_path.parent / name).unlink()
+    result = told.cli("notify")
+    assert result.exit_code == 4, result.output
+    assert "the state file is missing, but mailtracker.json.sent shows mail was sent" \
+        in result.output
+    assert len(smtp_server.messages) == 3
+    assert not told.store_path.exists()
+
+
+def test_forget_leaves_no_false_alarm_and_no_line_about_the_person(
+        told: Workspace, smtp_server: SmtpTestServer) -> None:
+    ledger = told.store_path.with_name("mailtracker.json.sent")
+    assert len(ledger.read_text().splitlines()) == 3
+    assert told.cli("forget", THREE[0][2], "--yes").exit_code == 0
+    assert len(ledger.read_text().splitlines()) == 2
+    assert THREE[0][2] not in ledger.read_text()
+    assert told.cli("notify").exit_code == 0  # no alarm: the ledger matches the state
+    assert len(smtp_server.messages) == 3

@@ -1,4 +1,5 @@
-"""``mailtracker demo``: the whole loop on embedded servers, as a user runs it."""
+"""``mailtracker demo``: the whole loop on loopback servers, as a user runs it, with a real
+Dovecot and with the in-memory mailbox."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import asyncio
 import email
 import json
 import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -16,22 +22,42 @@ from typing import Any
 import pytest
 
 from mailtracker.demo import mails
-from mailtracker.demo.mailstore import MailStore
+from mailtracker.demo.mailbox import MemoryMailboxes
 from mailtracker.demo.scenario import CAST, DemoStateError, run_demo
-from mailtracker.demo.servers import DemoServers, make_demo_ca
-from mailtracker.errors import DemoFailedError, ExitStatus, InvalidInputError, SmtpAuthError
+from mailtracker.demo.servers import SubmissionServer, make_demo_ca
+from mailtracker.errors import (
+    DemoFailedError,
+    ExitStatus,
+    InvalidInputError,
+    MissingExtraError,
+    SmtpAuthError,
+)
 from mailtracker.inbound.mail.parse import parse
 from mailtracker.outbound.smtp import SendOutcome, SmtpSession
 from mailtracker.settings.config import SecretSource, SmtpSettings
 
 REPO = Path(__file__).resolve().parents[1]
 KP_OWNER = next(p for p in CAST if p.role == "kp_owner").email
+MODES = ["memory", "dovecot"]
+MAILBOX_LINE = {
+    "memory": r"  mailbox  in-memory mailbox \(no IMAP\)",
+    "dovecot": r"  mailbox  Dovecot 2\.\d+\.\S+ on 127\.0\.0\.1:\d+ \(implicit TLS, "
+               r"unprivileged: runs as (?!root\b)\S+\)",
+}
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "mailtracker", *args], cwd=cwd, env=env,
+def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
+         python: tuple[str, ...] = ("-m", "mailtracker")) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, *python, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
+
+
+def _needs_dovecot(mode: str) -> None:
+    if mode == "dovecot" and shutil.which("dovecot") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("dovecot is not on PATH (apt-get install dovecot-imapd)")
+        pytest.skip("dovecot is not on PATH (apt-get install dovecot-imapd)")
 
 
 def _by_part(part: str) -> str:
@@ -44,20 +70,32 @@ def _parsed(raw: bytes) -> EmailMessage:
     return msg
 
 
-@pytest.fixture(scope="module")
-def kept_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, list[str]]:
-    """One Danish demo run whose workspace is kept, shared by the tests that only read."""
+@pytest.fixture(scope="module", params=MODES)
+def kept_demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> tuple[Any, list[str]]:
+    """One Danish demo run per mailbox whose workspace is kept, shared by the tests that
+    only read."""
+    _needs_dovecot(request.param)
     lines: list[str] = []
-    result = run_demo(tmp_path_factory.mktemp("demo") / "ws", True, "da", lines.append)
+    result = run_demo(tmp_path_factory.mktemp("demo") / "ws", True, "da", lines.append,
+                      request.param)
     return result, lines
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_mailtracker_demo_command_exits_0_and_its_workspace_answers_status(
-        tmp_path: Path) -> None:
+        tmp_path: Path, mode: str) -> None:
+    _needs_dovecot(mode)
     workspace = tmp_path / "ws"
-    run = _cli("demo", "--keep", str(workspace), cwd=tmp_path)
+    run = _cli("demo", "--mailbox", mode, "--keep", str(workspace), cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Demo OK" in run.stdout
+    line = re.search(f"^{MAILBOX_LINE[mode]}$", run.stdout, re.MULTILINE)
+    assert line, run.stdout
+    if mode == "dovecot":  # the demo's Dovecot is gone with it
+        port = int(re.findall(r"127\.0\.0\.1:(\d+)", line.group(0))[0])
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
     shown = _cli("--config", str(workspace / "config" / "mailtracker.toml"), "status",
                  "--json", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
@@ -71,6 +109,8 @@ def test_the_demo_reaches_the_expected_final_state(kept_demo: tuple[Any, list[st
     result, lines = kept_demo
     assert result.ok and result.lines == lines
     assert lines[-1] == "Demo OK: the whole loop works."
+    assert any(line.startswith(f"The KLIK dossier of this state: {result.workdir}/report.html")
+               for line in lines)
     assert not [line for line in lines if line.lstrip().startswith("✗")]
     status = result.status
     assert status["organisation"] == "Demo Kommune"
@@ -171,22 +211,130 @@ def test_the_demo_fails_when_eg_mail_is_not_authenticated_by_our_server(
     assert failed.value.result.status["quarantine"] == 4
 
 
-# -- the embedded submission server ---------------------------------------------------------
+def test_an_unknown_or_missing_mailbox_is_refused_before_anything_is_built(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InvalidInputError, match="unknown mailbox 'imap'"):
+        run_demo(tmp_path / "ws", True, "da", lambda line: None, "imap")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no dovecot there
+    with pytest.raises(MissingExtraError, match="no dovecot"):
+        run_demo(tmp_path / "ws", True, "da", lambda line: None, "dovecot")
+    assert not (tmp_path / "ws").exists()
+
+
+def test_auto_takes_dovecot_from_path_and_memory_without_it(tmp_path: Path) -> None:
+    _needs_dovecot("dovecot")
+    with_dovecot = _cli("demo", cwd=tmp_path)
+    assert with_dovecot.returncode == 0, with_dovecot.stdout + with_dovecot.stderr
+    assert re.search(f"^{MAILBOX_LINE['dovecot']}$", with_dovecot.stdout, re.MULTILINE)
+    without = _cli("demo", cwd=tmp_path, env={"PATH": os.path.dirname(sys.executable)})
+    assert without.returncode == 0, without.stdout + without.stderr
+    assert "  mailbox  in-memory mailbox (no IMAP): no dovecot on PATH\n" in without.stdout
+
+
+@pytest.fixture
+def broken_dovecot() -> Iterator[str]:
+    """A PATH whose ``dovecot`` refuses to start, as a broken installation would. Readable by
+    everyone: run as root, the demo runs Dovecot as nobody."""
+    directory = Path(tempfile.mkdtemp(prefix="mtdemo-fake-"))
+    directory.chmod(0o755)
+    for name, script in (("dovecot", 'if [ "$1" = --version ]; then echo "2.3.0 (fake)"; '
+                                     'exit 0; fi\necho "Fatal: fake dovecot refuses to start" '
+                                     ">&2\nexit 89\n"),
+                         ("dovecot-lda", "exit 75\n")):
+        (directory / name).write_text(f"#!/bin/sh\n{script}")
+        (directory / name).chmod(0o755)
+    yield f"{directory}:{os.path.dirname(sys.executable)}:/usr/bin:/bin"
+    shutil.rmtree(directory)
+
+
+def test_auto_falls_back_to_memory_when_dovecot_does_not_start(tmp_path: Path,
+                                                                broken_dovecot: str) -> None:
+    run = _cli("demo", cwd=tmp_path, env={"PATH": broken_dovecot})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert ("  mailbox  in-memory mailbox (no IMAP): Dovecot exited with 89: Fatal: fake "
+            "dovecot refuses to start\n") in run.stdout
+    assert "Demo OK" in run.stdout
+
+
+def test_mailbox_dovecot_says_why_dovecot_did_not_start(tmp_path: Path,
+                                                       broken_dovecot: str) -> None:
+    run = _cli("demo", "--mailbox", "dovecot", cwd=tmp_path, env={"PATH": broken_dovecot})
+    assert run.returncode == ExitStatus.DEMO_FAILED
+    (line,) = run.stderr.splitlines()
+    assert "Dovecot exited with 89: Fatal: fake dovecot refuses to start" in line
+    assert "--mailbox memory" in line and "Traceback" not in run.stderr
+
+
+def test_mailbox_dovecot_without_dovecot_says_how_to_get_it(tmp_path: Path) -> None:
+    run = _cli("demo", "--mailbox", "dovecot", cwd=tmp_path,
+               env={"PATH": os.path.dirname(sys.executable)})
+    assert run.returncode == ExitStatus.MISSING_EXTRA == 14
+    assert run.stdout == ""
+    (line,) = run.stderr.splitlines()
+    assert "no dovecot" in line and "apt-get install dovecot-imapd" in line
+    assert "--mailbox memory" in line
+    assert not list(tmp_path.iterdir())  # nothing was built
+
+
+@pytest.mark.parametrize("hidden", ["aiosmtpd", "trustme"])
+def test_without_the_demo_extra_one_line_says_how_to_get_it(tmp_path: Path,
+                                                            hidden: str) -> None:
+    # As after a plain 'pip install mailtracker': the module cannot be imported.
+    hide = (f"import sys; sys.modules[{hidden!r}] = None; sys.argv[0] = 'mailtracker'; "
+            "from mailtracker.cli import main; main()")
+    run = _cli("demo", cwd=tmp_path, python=("-c", hide))
+    assert run.returncode == ExitStatus.MISSING_EXTRA
+    assert run.stdout == ""
+    (line,) = run.stderr.splitlines()
+    assert hidden in line and "pip install 'mailtracker[demo]'" in line
+    assert "Traceback" not in run.stderr
+
+
+def test_the_dovecot_demo_runs_for_a_user_without_privileges(tmp_path: Path) -> None:
+    """Run by root, the demo drops Dovecot to nobody; run by nobody, it runs as nobody."""
+    _needs_dovecot("dovecot")
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to become another user")
+    home = Path(tempfile.mkdtemp(prefix="mtdemo-user-"))
+    try:
+        shutil.chown(home, "nobody", "nogroup")
+        env = {"PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin:/usr/sbin",
+               "HOME": str(home), "PYTHONPATH": str(REPO)}
+        as_nobody = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                     sys.executable]
+        can = subprocess.run([*as_nobody, "-c", "import mailtracker.cli, aiosmtpd"], cwd=home,
+                             env=env, capture_output=True, text=True, timeout=60, check=False)
+        if can.returncode != 0:
+            pytest.skip(f"nobody cannot run this Python and checkout: {can.stderr[-200:]}")
+        run = subprocess.run(
+            [*as_nobody, "-m", "mailtracker", "demo", "--mailbox", "dovecot", "--keep",
+             str(home / "ws")],
+            cwd=home, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "unprivileged: runs as nobody)" in run.stdout
+        assert (home / "ws" / "config" / "mailtracker.toml").stat().st_uid != 0
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+# -- the submission server -------------------------------------------------------------------
 
 
 @pytest.fixture
 def servers(tmp_path: Path) -> Any:
-    store = MailStore()
-    store.add_account(KP_OWNER, "demo-password")
+    mailboxes = MemoryMailboxes({KP_OWNER: "demo-password"}, KP_OWNER)
     tls = make_demo_ca(tmp_path / "tls")
-    with DemoServers(store, tls) as running:
-        yield running
+    with SubmissionServer(mailboxes, {KP_OWNER: "demo-password"}, tls) as running:
+        yield running, mailboxes
 
 
-def _smtp(servers: DemoServers, **overrides: Any) -> SmtpSettings:
+def _smtp(servers: tuple[SubmissionServer, MemoryMailboxes], **overrides: Any
+          ) -> SmtpSettings:
+    smtp, _mailboxes = servers
     fields: dict[str, Any] = dict(
-        host="127.0.0.1", port=servers.smtp_port, tls="starttls", username=KP_OWNER,
-        secret=SecretSource(), ca_file=servers.tls.ca_file, from_address=KP_OWNER,
+        host="127.0.0.1", port=smtp.port, tls="starttls", username=KP_OWNER,
+        secret=SecretSource(), ca_file=smtp.tls.ca_file, from_address=KP_OWNER,
         from_name="Karen", timeout=5)
     fields.update(overrides)
     return SmtpSettings(**fields)
@@ -201,7 +349,7 @@ def _orientation(to: str) -> EmailMessage:
 
 
 def test_an_unknown_address_is_accepted_then_bounced_with_a_dsn(
-        servers: DemoServers) -> None:
+        servers: tuple[SubmissionServer, MemoryMailboxes]) -> None:
     async def send() -> SendOutcome:
         async with SmtpSession(_smtp(servers), "demo-password") as session:
             return await session.send(_orientation("findes.ikke@demo-kommune.dk"),
@@ -209,7 +357,7 @@ def test_an_unknown_address_is_accepted_then_bounced_with_a_dsn(
 
     outcome = asyncio.run(send())
     assert outcome.accepted == ("findes.ikke@demo-kommune.dk",)
-    (dsn,) = servers.store.messages(KP_OWNER)
+    (dsn,) = servers[1].accounts[KP_OWNER].messages()
     report = parse(dsn).delivery_report
     assert report is not None
     assert report.original_message_id == "<orientering-1@demo-kommune.dk>"
@@ -226,11 +374,13 @@ def _login(settings: SmtpSettings, password: str) -> None:
     asyncio.run(connect())
 
 
-def test_the_submission_server_takes_no_password_without_tls(servers: DemoServers) -> None:
+def test_the_submission_server_takes_no_password_without_tls(
+        servers: tuple[SubmissionServer, MemoryMailboxes]) -> None:
     with pytest.raises(SmtpAuthError, match="does not offer AUTH"):
         _login(_smtp(servers, tls="none"), "demo-password")
 
 
-def test_the_submission_server_refuses_a_wrong_password(servers: DemoServers) -> None:
+def test_the_submission_server_refuses_a_wrong_password(
+        servers: tuple[SubmissionServer, MemoryMailboxes]) -> None:
     with pytest.raises(SmtpAuthError, match="535"):
         _login(_smtp(servers), "wrong")

@@ -132,6 +132,9 @@ def test_chromium_shows_and_prints_the_demo_dossier(demo: Path, chromium: Chromi
     assert "(eFaktura 8b) Serviceaftaler og vejledning fra Ejerkredsen og EG" in printed
     for r in demo_status(demo)["recipients"]:
         assert r["name"] in printed
+    texts, overlaps = timeline_labels(chromium, page, tmp_path)
+    assert "I dag" in texts and "Orientering sendt" in texts
+    assert overlaps == []
 
 
 # ---------------------------------------------------------------------------- a crowded state
@@ -219,14 +222,11 @@ document.body.appendChild(out);
 </script>"""
 
 
-def test_no_two_timeline_labels_overlap_in_a_crowded_state(
-        crowded: tuple[Workspace, list[Recipient]], chromium: Chromium, tmp_path: Path) -> None:
-    ws, people = crowded
-    page = tmp_path / "crowded.html"
-    result = report(ws, "--html", str(page))
-    assert result.exit_code == 0, result.output
-    # A test copy with a script that reads the boxes the browser laid out (the report has none).
-    measured = tmp_path / "measured.html"
+def timeline_labels(chromium: Chromium, page: Path, tmp_path: Path
+                    ) -> tuple[list[str], list[tuple[str, str]]]:
+    """The timeline's texts as the browser laid them out, and the pairs whose boxes overlap.
+    Read from a test copy with a script added (the report itself has none)."""
+    measured = tmp_path / f"measured-{page.name}"
     html = page.read_text(encoding="utf-8")
     measured.write_text(html.replace("</body>", _MEASURE + "</body>"), encoding="utf-8")
     dom = chromium.dom_after_scripts(measured)
@@ -235,14 +235,23 @@ def test_no_two_timeline_labels_overlap_in_a_crowded_state(
     boxes = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&")
                        .replace("&lt;", "<").replace("&gt;", ">"))
     labels = [b for b in boxes if b["w"] > 0]
-    texts = [b["text"] for b in labels]
+    overlaps = [(a["text"], b["text"]) for i, a in enumerate(labels) for b in labels[i + 1:]
+                if a["x"] < b["x"] + b["w"] - 0.5 and b["x"] < a["x"] + a["w"] - 0.5
+                and a["y"] < b["y"] + b["h"] - 0.5 and b["y"] < a["y"] + a["h"] - 0.5]
+    return [b["text"] for b in labels], overlaps
+
+
+def test_no_two_timeline_labels_overlap_in_a_crowded_state(
+        crowded: tuple[Workspace, list[Recipient]], chromium: Chromium, tmp_path: Path) -> None:
+    ws, people = crowded
+    page = tmp_path / "crowded.html"
+    result = report(ws, "--html", str(page))
+    assert result.exit_code == 0, result.output
+    texts, overlaps = timeline_labels(chromium, page, tmp_path)
     assert sum(t.startswith("Person Nummer") for t in texts) == len(people)  # every lane
     sent = [i for i in range(len(people)) if i % 5 in (0, 1, 4)]  # as crowded_state sends
     reminded = [i for i in sent if i % 3 != 0]
     assert len([t for t in texts if t.endswith(" sendt")]) == len(sent) + 2 * len(reminded)
-    overlaps = [(a["text"], b["text"]) for i, a in enumerate(labels) for b in labels[i + 1:]
-                if a["x"] < b["x"] + b["w"] - 0.5 and b["x"] < a["x"] + a["w"] - 0.5
-                and a["y"] < b["y"] + b["h"] - 0.5 and b["y"] < a["y"] + a["h"] - 0.5]
     assert overlaps == []
 
 

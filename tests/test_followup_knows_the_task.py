@@ -151,3 +151,13 @@ def test_the_guide_mail_knows_the_webinar_invitation_already_came(scene: Scene) 
         rf"Invitationen er allerede kommet \({DATE}\)", text), text
     assert "når invitationen kommer" not in text
     assert "informeres samlet" in text
+
+
+def test_a_person_signs_with_the_name_as_it_is_said(scene: Scene) -> None:
+    """The KP system owner registered as "Pedersen, Karen" signs "Karen Pedersen", and the
+    mail asks the reader to contact "Karen Pedersen", not "Pedersen, Karen"."""
+    scene.notify(cph(2026, 3, 2, 9, 0))
+    text = _text(next(m for r, m in scene.mail() if r == SOEREN))
+    assert "Med venlig hilsen\nKaren Pedersen\nKP-systemansvarlig, Eksempel Kommune" in text
+    assert "kontakte Karen Pedersen" in text
+    assert "Pedersen, Karen" not in text

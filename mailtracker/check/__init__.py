@@ -105,7 +105,7 @@ async def run_check(app: App, *, now: datetime) -> CheckReport:
     """
     graph = app.settings.graph
     groups = [*([] if graph and graph.send else [await _smtp_group(app, now)]),
-              *([] if graph and graph.read else [_imap_group(app, now)]),
+              *([] if graph and graph.read else [await _imap_group(app, now)]),
               *([_graph_group(app, now)] if graph else []), _store_group(app.store)]
     return CheckReport(tuple(r for g in groups for r in g.results),
                        tuple((g.key, g.title) for g in groups))
@@ -260,7 +260,7 @@ async def _smtp_group(app: App, now: datetime) -> _Group:
         return _not_configured("smtp", "SMTP", "'notify' cannot send mail")
     g = _Group("smtp", f"SMTP {s.host}:{s.port}")
     usable, password = _credential(g, app, "smtp", s, now)
-    talk = _reach(g, "smtp", s, now)
+    talk = await _reach(g, "smtp", s, now)
     if talk is None:
         g.block("TLS", ["auth", "login"])
         return g
@@ -299,14 +299,14 @@ def _smtp_auth(g: _Group, s: SmtpSettings, mechanisms: Sequence[str]) -> None:
 # --------------------------------------------------------------------------- IMAP
 
 
-def _imap_group(app: App, now: datetime) -> _Group:
+async def _imap_group(app: App, now: datetime) -> _Group:
     s = app.settings.imap
     if s is None:
         return _not_configured("imap", "IMAP", "'poll' and 'watch' cannot read EG's mail")
     g = _Group("imap", f"IMAP {s.host}:{s.port}")
     mailbox_checks = ["folder", "authserv_id", *(["move_to"] if s.post_action == "move" else [])]
     usable, password = _credential(g, app, "imap", s, now)
-    talk = _reach(g, "imap", s, now)
+    talk = await _reach(g, "imap", s, now)
     if talk is None:
         g.block("TLS", ["auth", "login", *mailbox_checks])
         return g
@@ -387,8 +387,8 @@ def _authserv(g: _Group, mailbox: imap.ImapMailbox, state: imap.FolderState,
 # --------------------------------------------------------------------------- DNS, TCP, TLS
 
 
-def _reach(g: _Group, kind: Kind, s: SmtpSettings | ImapSettings, now: datetime
-           ) -> Probe | None:
+async def _reach(g: _Group, kind: Kind, s: SmtpSettings | ImapSettings, now: datetime
+                 ) -> Probe | None:
     """DNS, TCP, STARTTLS and TLS lines; what the server showed, or None if a step failed."""
     rest = ["tcp", *(["starttls"] if s.tls == "starttls" else []), "tls"]
     try:
@@ -409,7 +409,7 @@ def _reach(g: _Group, kind: Kind, s: SmtpSettings | ImapSettings, now: datetime
         g.block("TCP", rest[1:])
         return None
     g.add("tcp", "ok", f"connected to {where}")
-    return _tls(g, kind, s, now)
+    return await _tls(g, kind, s, now)
 
 
 def _os_reason(exc: OSError, timeout: float) -> str:
@@ -420,8 +420,8 @@ def _os_reason(exc: OSError, timeout: float) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
 
-def _tls(g: _Group, kind: Kind, s: SmtpSettings | ImapSettings, now: datetime
-         ) -> Probe | None:
+async def _tls(g: _Group, kind: Kind, s: SmtpSettings | ImapSettings, now: datetime
+               ) -> Probe | None:
     try:
         ctx = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
     except (OSError, ssl.SSLError) as exc:
@@ -429,11 +429,11 @@ def _tls(g: _Group, kind: Kind, s: SmtpSettings | ImapSettings, now: datetime
               "set ca_file to a PEM file holding the CA certificate")
         g.block("TLS", ["starttls"] if s.tls == "starttls" else [])
         return None
-    seen = probe(kind, s.host, s.port, s.tls, ctx, s.timeout)
+    seen = await probe(kind, s.host, s.port, s.tls, ctx, s.timeout)
     port_fix = f"is the port right for tls = {s.tls!r} ({_PORTS[kind]})?"
     problem: tuple[str, str] | None = None
     if isinstance(seen.error, ssl.SSLCertVerificationError):
-        cert = read_cert(unverified_cert(kind, s.host, s.port, s.tls, s.timeout))
+        cert = read_cert(await unverified_cert(kind, s.host, s.port, s.tls, s.timeout))
         problem = explain_rejection(seen.error, s.host, s.ca_file, cert, now)
     elif isinstance(seen.error, ssl.SSLError):
         problem = f"TLS handshake failed: {seen.error.reason or seen.error}", port_fix

@@ -1,30 +1,29 @@
 """What a mail server shows before login: STARTTLS, TLS version, certificate, AUTH mechanisms.
 
 ``probe`` talks just far enough (greeting, EHLO or CAPABILITY, STARTTLS, handshake, EHLO or
-CAPABILITY again) and hangs up. It never logs in, so no password goes over its connections,
-which also makes it safe to repeat without verification to see a rejected certificate.
-Used by ``check``; sending and reading mail go through ``outbound.smtp`` and ``inbound.imap``.
+CAPABILITY again) and hangs up, through the same libraries that send and read mail:
+aiosmtplib for SMTP, imapclient for IMAP. It never logs in, so no password goes over its
+connections, which also makes it safe to repeat without verification to see a rejected
+certificate. Used by ``check``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import socket
 import ssl
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+import aiosmtplib
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from imapclient import IMAPClient
 
 from mailtracker.settings.config import TlsMode
 
 Kind = Literal["smtp", "imap"]
-
-_READ_LIMIT = 65536  # longest reply line we read; a real one is far shorter
-
 
 class ProbeProtocolError(Exception):
     """The server answered something the probe did not expect (text says what)."""
@@ -45,36 +44,104 @@ class Probe:
     error: Exception | None = None
 
 
-def probe(kind: Kind, host: str, port: int, tls: TlsMode, ctx: ssl.SSLContext,
-          timeout: float) -> Probe:
-    """Connect to ``host:port`` the way ``tls`` says and record what the server shows."""
+async def probe(kind: Kind, host: str, port: int, tls: TlsMode, ctx: ssl.SSLContext,
+                timeout: float) -> Probe:
+    """Connect to ``host:port`` the way ``tls`` says and record what the server shows.
+
+    The IMAP probe blocks (imapclient is synchronous); ``check`` runs nothing else meanwhile.
+    """
     result = Probe()
     try:
-        raw = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        result.error = exc
-        return result
-    try:
-        conn = _Conn(ctx.wrap_socket(raw, server_hostname=host) if tls == "implicit" else raw)
-        try:
-            dialogue = _smtp_dialogue if kind == "smtp" else _imap_dialogue
-            dialogue(conn, tls, ctx, host, result)
-        finally:
-            conn.close()
-    except (OSError, ProbeProtocolError) as exc:
-        result.error = exc
-    finally:
-        raw.close()
+        if kind == "smtp":
+            await _smtp_probe(host, port, tls, ctx, timeout, result)
+        else:
+            _imap_probe(host, port, tls, ctx, timeout, result)
+    except Exception as exc:  # the libraries' own types: reduce to what check explains
+        result.error = _cause(exc)
     return result
 
 
-def unverified_cert(kind: Kind, host: str, port: int, tls: TlsMode,
-                    timeout: float) -> bytes | None:
+async def unverified_cert(kind: Kind, host: str, port: int, tls: TlsMode,
+                          timeout: float) -> bytes | None:
     """The server's certificate (DER) without verifying it, to say what is wrong with it."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # only to look at the certificate; nothing secret is sent
-    return probe(kind, host, port, tls, ctx, timeout).cert_der
+    return (await probe(kind, host, port, tls, ctx, timeout)).cert_der
+
+
+def _cause(exc: BaseException) -> Exception:
+    """The ``OSError`` (refused, timeout, TLS, certificate) behind a library's exception, or
+    a ``ProbeProtocolError`` saying what the server answered."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    # aiosmtplib's errors are OSErrors too: the one underneath says what went wrong
+    for item in chain:
+        if isinstance(item, OSError) and not isinstance(item, aiosmtplib.SMTPException):
+            return item
+    if any(isinstance(item, aiosmtplib.SMTPTimeoutError | aiosmtplib.SMTPConnectTimeoutError)
+           for item in chain):
+        return TimeoutError(str(exc))
+    for item in chain:
+        if isinstance(item, OSError):
+            return item
+    return ProbeProtocolError(" ".join(str(exc).split())[:300] or type(exc).__name__)
+
+
+def _record_tls(sock: ssl.SSLObject | ssl.SSLSocket | None, result: Probe) -> None:
+    if sock is None:
+        raise ProbeProtocolError("no TLS layer on the connection")
+    result.version = sock.version() or ""
+    result.cipher = (sock.cipher() or ("",))[0]
+    result.cert_der = sock.getpeercert(binary_form=True)
+
+
+async def _smtp_probe(host: str, port: int, tls: TlsMode, ctx: ssl.SSLContext,
+                      timeout: float, result: Probe) -> None:
+    client = aiosmtplib.SMTP(hostname=host, port=port, use_tls=tls == "implicit",
+                             start_tls=False, tls_context=ctx, timeout=timeout)
+    await client.connect()
+    try:
+        await client.ehlo()
+        if tls == "starttls":
+            result.starttls_offered = client.supports_extension("starttls")
+            if not result.starttls_offered:
+                return
+            await client.starttls()
+            await client.ehlo()  # what was offered in clear is void
+        if tls != "none":
+            assert client.transport is not None
+            _record_tls(client.transport.get_extra_info("ssl_object"), result)
+        result.mechanisms = tuple(sorted({m.upper() for m in client.server_auth_methods}))
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await client.quit()
+    finally:
+        client.close()
+
+
+def _imap_probe(host: str, port: int, tls: TlsMode, ctx: ssl.SSLContext, timeout: float,
+                result: Probe) -> None:
+    client = IMAPClient(host, port, ssl=tls == "implicit", ssl_context=ctx, timeout=timeout)
+    try:
+        if tls == "starttls":
+            result.starttls_offered = client.has_capability("STARTTLS")
+            if not result.starttls_offered:
+                return
+            client.starttls(ctx)
+        if tls != "none":
+            sock = client.socket()
+            _record_tls(sock if isinstance(sock, ssl.SSLSocket) else None, result)
+        capabilities = {c.decode("ascii", "replace").upper() for c in client.capabilities()}
+        result.mechanisms = tuple(sorted(c[5:] for c in capabilities if c.startswith("AUTH=")))
+        result.logindisabled = "LOGINDISABLED" in capabilities
+        with contextlib.suppress(Exception):
+            client.logout()
+    finally:
+        with contextlib.suppress(OSError):
+            client.shutdown()
 
 
 @dataclass(frozen=True)
@@ -137,108 +204,3 @@ def explain_rejection(exc: ssl.SSLCertVerificationError, host: str, ca_file: Pat
     trusted = (f"; ca_file is now {ca_file}, a different CA" if ca_file else
                "; the system's CA store does not know it")
     return detail, f"set ca_file to the CA that signed it{issuer}{trusted}"
-
-
-class _Conn:
-    """A socket read line by line; ``start_tls`` swaps in the TLS layer."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.file = sock.makefile("rb")
-
-    def send(self, line: str) -> None:
-        self.sock.sendall(line.encode("ascii") + b"\r\n")
-
-    def line(self) -> str:
-        data = self.file.readline(_READ_LIMIT)
-        if not data:
-            raise ProbeProtocolError("the server closed the connection")
-        return data.decode("latin-1").rstrip("\r\n")
-
-    def start_tls(self, ctx: ssl.SSLContext, host: str) -> None:
-        self.file.close()
-        self.sock = ctx.wrap_socket(self.sock, server_hostname=host)
-        self.file = self.sock.makefile("rb")
-
-    def record_tls(self, result: Probe) -> None:
-        assert isinstance(self.sock, ssl.SSLSocket)
-        result.version = self.sock.version() or ""
-        result.cipher = (self.sock.cipher() or ("",))[0]
-        result.cert_der = self.sock.getpeercert(binary_form=True)
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
-def _smtp_reply(conn: _Conn, command: str | None, expect: int) -> list[str]:
-    """Send ``command`` (None: read the greeting); the reply's texts, if its code is
-    ``expect``."""
-    if command is not None:
-        conn.send(command)
-    lines = [conn.line()]
-    while lines[-1][3:4] == "-":
-        lines.append(conn.line())
-    if not lines[-1][:3].isdigit() or int(lines[-1][:3]) != expect:
-        raise ProbeProtocolError(f"{(command or 'greeting').split()[0]}: the server answered "
-                                 f"{lines[-1][:200]!r}")
-    return [line[4:] for line in lines]
-
-
-def _smtp_dialogue(conn: _Conn, tls: TlsMode, ctx: ssl.SSLContext, host: str,
-                   result: Probe) -> None:
-    _smtp_reply(conn, None, 220)
-    ehlo = f"EHLO [{conn.sock.getsockname()[0]}]"
-    extensions = _smtp_reply(conn, ehlo, 250)[1:]
-    if tls == "starttls":
-        result.starttls_offered = any(e.upper().split()[:1] == ["STARTTLS"]
-                                      for e in extensions)
-        if not result.starttls_offered:
-            return
-        _smtp_reply(conn, "STARTTLS", 220)
-        conn.start_tls(ctx, host)
-        extensions = _smtp_reply(conn, ehlo, 250)[1:]  # what was offered in clear is void
-    if tls != "none":
-        conn.record_tls(result)
-    for ext in extensions:
-        words = ext.upper().replace("=", " ").split()  # "AUTH PLAIN" or the old "AUTH=PLAIN"
-        if words[:1] == ["AUTH"]:
-            result.mechanisms = tuple(sorted(set(words[1:])))
-    with contextlib.suppress(OSError, ProbeProtocolError):
-        _smtp_reply(conn, "QUIT", 221)
-
-
-def _imap_command(conn: _Conn, tag: str, command: str) -> list[str]:
-    """Send a tagged command; its untagged lines, if the tagged answer is OK."""
-    conn.send(f"{tag} {command}")
-    untagged = []
-    while not (line := conn.line()).startswith(f"{tag} "):
-        untagged.append(line)
-    if not line[len(tag) + 1:].upper().startswith("OK"):
-        raise ProbeProtocolError(f"{command}: the server answered {line[:200]!r}")
-    return untagged
-
-
-def _imap_capabilities(conn: _Conn, tag: str) -> set[str]:
-    return {cap.upper() for line in _imap_command(conn, tag, "CAPABILITY")
-            if line.upper().startswith("* CAPABILITY ") for cap in line.split()[2:]}
-
-
-def _imap_dialogue(conn: _Conn, tls: TlsMode, ctx: ssl.SSLContext, host: str,
-                   result: Probe) -> None:
-    greeting = conn.line()
-    if not greeting.upper().startswith("* OK"):
-        raise ProbeProtocolError(f"unexpected IMAP greeting {greeting[:200]!r}")
-    if tls == "starttls":
-        result.starttls_offered = "STARTTLS" in _imap_capabilities(conn, "c1")
-        if not result.starttls_offered:
-            return
-        _imap_command(conn, "c2", "STARTTLS")
-        conn.start_tls(ctx, host)
-    if tls != "none":
-        conn.record_tls(result)
-    capabilities = _imap_capabilities(conn, "c3")  # after TLS: the pre-TLS list is void
-    result.mechanisms = tuple(sorted(c[5:] for c in capabilities if c.startswith("AUTH=")))
-    result.logindisabled = "LOGINDISABLED" in capabilities
-    with contextlib.suppress(OSError, ProbeProtocolError):
-        _imap_command(conn, "c4", "LOGOUT")

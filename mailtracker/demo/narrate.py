@@ -13,7 +13,7 @@ from mailtracker.task.report import TaskReport, to_text
 if TYPE_CHECKING:
     from mailtracker.app import App
     from mailtracker.demo.mails import Inbound
-    from mailtracker.demo.servers import DemoServers, DemoTls
+    from mailtracker.demo.servers import DemoTls
     from mailtracker.inbound.poller import PollReport
     from mailtracker.outbound.notify import NotifyResult
 
@@ -35,15 +35,17 @@ class Narrator:
     def __call__(self, *lines: str) -> None:
         self.say(*lines)
 
-    def workspace(self, root: Path, config: Path, servers: DemoServers, tls: DemoTls) -> None:
-        self.say("mailtracker demo: Demo Kommune and the KLIK task eFaktura 8b, on embedded "
-                 "loopback servers", "",
+    def workspace(self, root: Path, config: Path, smtp_port: int, mailbox: str,
+                  tls: DemoTls) -> None:
+        """``mailbox``: which mailbox the demo reads, e.g. ``in-memory mailbox (no IMAP)``."""
+        self.say("mailtracker demo: Demo Kommune and the KLIK task eFaktura 8b, on loopback",
+                 "",
                  f"Workspace  {root}",
                  f"  config   {config} (the password is only in the demo's environment)",
-                 f"  SMTP     127.0.0.1:{servers.smtp_port}  submission: STARTTLS required, "
+                 f"  SMTP     aiosmtpd on 127.0.0.1:{smtp_port}  submission: STARTTLS required, "
                  "AUTH PLAIN/LOGIN",
-                 f"  IMAP     127.0.0.1:{servers.imap_port}  implicit TLS",
-                 f"  CA       {tls.ca_file} (made for this run; both servers' certificates "
+                 f"  mailbox  {mailbox}",
+                 f"  CA       {tls.ca_file} (made for this run; the servers' certificates "
                  "are verified against it)", "")
 
     def recipients(self, app: App) -> None:

@@ -1,12 +1,14 @@
 """``mailtracker demo``: the whole loop in one process, through the production code paths.
 
-The demo builds a workspace (config, store, throwaway CA), starts the embedded submission
-and IMAP servers on loopback, adds a fictional recipient per role, sends the orientation mail
-with the real notify pipeline (aiosmtplib, STARTTLS, verified TLS, AUTH), lets the world
-answer (a reply, an out-of-office auto-reply, a bounce for a mistyped address, EG's
-agreement, guide and webinar invitation, one spoofed "EG" mail), polls the inbox with the
-real poller (imapclient, implicit TLS), and checks the final state against what the task's
-rules must give. :func:`run_demo` is the entry point.
+The demo builds a workspace (config, store, throwaway CA), starts a submission server
+(aiosmtpd) on loopback and the mailboxes it files into: a real unprivileged Dovecot when one
+is installed, else mailboxes in memory (see :mod:`mailtracker.demo.mailbox`). It adds a
+fictional recipient per role, sends the orientation mail with the real notify pipeline
+(aiosmtplib, STARTTLS, verified TLS, AUTH), lets the world answer (a reply, an out-of-office
+auto-reply, a bounce for a mistyped address, EG's agreement, guide and webinar invitation,
+one spoofed "EG" mail), polls the inbox with the real poller (over IMAP with implicit TLS,
+or the in-memory mailbox behind the same interface), and checks the final state against
+what the task's rules must give. :func:`run_demo` is the entry point.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +29,8 @@ from typing import Any
 
 from mailtracker.app import App, open_app
 from mailtracker.demo.checks import Expected, check_final_state
+from mailtracker.demo.dovecot import DovecotMailboxes, find_dovecot
+from mailtracker.demo.mailbox import DemoMailboxes, MemoryMailboxes
 from mailtracker.demo.mails import (
     DEMO_DOMAIN,
     TEAMS_LINK,
@@ -39,13 +44,12 @@ from mailtracker.demo.mails import (
     spoofed_agreement,
     webinar_start,
 )
-from mailtracker.demo.mailstore import MailStore
 from mailtracker.demo.narrate import Narrator
-from mailtracker.demo.servers import DemoServers, DemoTls, make_demo_ca
+from mailtracker.demo.servers import DemoTls, SubmissionServer, make_demo_ca
 from mailtracker.demo.smtpd import MX_HOST, deliver_local
 from mailtracker.dossier.model import build_dossier
 from mailtracker.dossier.page import render_html, write_html
-from mailtracker.errors import DemoFailedError, InvalidInputError
+from mailtracker.errors import DemoFailedError, InvalidInputError, MissingExtraError
 from mailtracker.inbound.poller import run_poll
 from mailtracker.outbound.notify import NotifyOptions, run_notify
 from mailtracker.recipients import add_recipient, validate_recipient
@@ -54,6 +58,7 @@ from mailtracker.task.report import TaskReport, build_report, to_json
 
 PASSWORD_ENV = "MAILTRACKER_DEMO_PASSWORD"  # noqa: S105 (the name of a variable)
 ORGANISATION = "Demo Kommune"
+MAILBOX_MODES = ("auto", "memory", "dovecot")
 
 
 @dataclass(frozen=True)
@@ -100,31 +105,35 @@ class DemoStateError(DemoFailedError):
         super().__init__(message)
 
 
-def run_demo(workdir: Path | None, keep: bool, lang: str,
-             out: Callable[[str], None]) -> DemoResult:
+def run_demo(workdir: Path | None, keep: bool, lang: str, out: Callable[[str], None],
+             mailbox: str = "auto") -> DemoResult:
     """Run the demo, printing each line through ``out``.
 
     ``workdir``: where to build the workspace (must be missing or empty; it is kept), or
     None for a temporary directory, removed at the end unless ``keep``. ``lang``: the
-    recipients' language (``da``/``en``). Returns the result when the final state is the
-    expected one; otherwise raises :class:`DemoStateError` (a ``DemoFailedError``) after
-    printing which expectation failed.
+    recipients' language (``da``/``en``). ``mailbox``: ``dovecot`` (a real IMAP server),
+    ``memory`` (no IMAP), or ``auto``: Dovecot when installed. Returns the result when the
+    final state is the expected one; otherwise raises :class:`DemoStateError` (a
+    ``DemoFailedError``) after printing which expectation failed.
     """
     if lang not in ("da", "en"):
         raise InvalidInputError(f"unknown language {lang!r} (use da or en)")
+    if mailbox not in MAILBOX_MODES:
+        raise InvalidInputError(f"unknown mailbox {mailbox!r} (use auto, memory or dovecot)")
+    if mailbox == "dovecot" and find_dovecot() is None:
+        raise MissingExtraError("--mailbox dovecot: no dovecot (with its dovecot-lda) on PATH; "
+                                "install it (Debian: apt-get install dovecot-imapd, into "
+                                "/usr/sbin) and put it on PATH, or use --mailbox memory")
     root = _prepare(workdir)
     narrator = Narrator(out)
     try:
         with _poll_log_quiet():
-            result = _run(root, lang, narrator)
+            result = _run(root, lang, narrator, mailbox)
     finally:
         if workdir is None and not keep:
             shutil.rmtree(root, ignore_errors=True)
     if workdir is None and not keep:
         narrator.say(f"The workspace {root} was removed; run with --keep DIR to keep it.")
-    else:
-        narrator.say(f"The KLIK dossier of this state: {root / 'report.html'} (open it in a "
-                     "browser; 'mailtracker report --pdf' prints it as a PDF)")
     result.lines = narrator.lines
     if not result.ok:
         raise DemoStateError("the demo did not reach the expected final state (see above)",
@@ -156,35 +165,43 @@ def _prepare(workdir: Path | None) -> Path:
     return workdir.resolve()
 
 
-def _run(root: Path, lang: str, say: Narrator) -> DemoResult:
+def _run(root: Path, lang: str, say: Narrator, mode: str) -> DemoResult:
     tls = make_demo_ca(root / "tls")
     password = secrets.token_urlsafe(18)
-    store = _mailboxes(password)
-    with DemoServers(store, tls) as servers:
-        config_path = write_config(root, servers, tls, lang)
+    owner = _person("sender").email
+    # Only the KP owner's password is ever used (SMTP and IMAP); the others guard mailboxes
+    # the demo reads back for its dump.
+    accounts = {a: password if a == owner else secrets.token_urlsafe(18)
+                for a in EXISTING_MAILBOXES}
+    with _mailboxes(mode, accounts, tls) as mailboxes, \
+            SubmissionServer(mailboxes, {owner: password}, tls) as smtp:
+        config_path = write_config(root, smtp.port, mailboxes, tls, lang)
         app = open_app(config_path, {PASSWORD_ENV: password})
-        say.workspace(root, config_path, servers, tls)
+        say.workspace(root, config_path, smtp.port, mailboxes.description, tls)
         _add_recipients(app, lang)
         say.recipients(app)
         sent = asyncio.run(run_notify(app, NotifyOptions()))
-        sent_dir = _write_sent(root / "sent", servers)
-        say.sent(sent, sent_dir, servers.smtp_handler.bounced)
-        answers = _answers(store, lang)
+        sent_dir = _write_sent(root / "sent", smtp)
+        say.sent(sent, sent_dir, smtp.handler.bounced)
+        answers = _answers(mailboxes, lang)
         for inbound in answers:
-            _arrive(store, inbound)
+            _arrive(mailboxes, inbound)
         say.arrived(3, "Colleagues answer", answers)
-        poll1 = run_poll(app)
+        connect = mailboxes.poll_connect()
+        poll1 = run_poll(app, connect=connect)
         outside = OutsideMail.build(datetime.now().astimezone())
         for inbound in outside.in_order:
-            _arrive(store, inbound)
+            _arrive(mailboxes, inbound)
         say.arrived(4, "Mail from outside arrives in the KP owner's inbox", outside.in_order)
-        poll2 = run_poll(app)
-        poll3 = run_poll(app)
+        poll2 = run_poll(app, connect=connect)
+        poll3 = run_poll(app, connect=connect)
         say.polls([poll1, poll2, poll3])
+        _dump_mailboxes(root / "mailboxes", mailboxes)
     report = _report(app)
     status = to_json(report)
-    _dump_mailboxes(root / "mailboxes", store)
     _write_dossier(app, root / "report.html")
+    say.say(f"The KLIK dossier of this state: {root / 'report.html'} (open it in a browser; "
+            "'mailtracker report --pdf' prints it as a PDF)")
     say.outcome(report, root, [m.message_id for m in (*answers, *outside.in_order)])
     expected = Expected(
         agreement_id=outside.agreement.message_id, guide_id=outside.guide.message_id,
@@ -198,34 +215,53 @@ def _run(root: Path, lang: str, say: Narrator) -> DemoResult:
     return DemoResult(ok=all(ok for _text, ok in checks), status=status, workdir=root)
 
 
-def _mailboxes(password: str) -> MailStore:
-    """The demo MX's mailboxes; only the KP owner's password is ever used (SMTP and IMAP)."""
-    store = MailStore()
-    for address in EXISTING_MAILBOXES:
-        owner = address == _person("sender").email
-        store.add_account(address, password if owner else secrets.token_urlsafe(18))
-    return store
+@contextlib.contextmanager
+def _mailboxes(mode: str, accounts: dict[str, str], tls: DemoTls
+               ) -> Iterator[DemoMailboxes]:
+    """The demo MX's mailboxes: a Dovecot of its own unless ``mode`` is memory, or (with
+    ``auto``) none is installed or it does not start: then in memory, saying why."""
+    owner = _person("sender").email
+    programs = find_dovecot() if mode != "memory" else None
+    if programs is None:
+        why = "" if mode == "memory" else "no dovecot on PATH"
+        yield MemoryMailboxes(accounts, owner, why)
+        return
+    try:
+        dovecot = DovecotMailboxes(accounts, owner, tls, programs)
+        dovecot.start()
+    except DemoFailedError as exc:
+        if mode == "dovecot":
+            raise DemoFailedError(f"{exc}; --mailbox memory runs the demo without it") from None
+        yield MemoryMailboxes(accounts, owner, str(exc))
+        return
+    try:
+        yield dovecot
+    finally:
+        dovecot.stop()
 
 
-def write_config(root: Path, servers: DemoServers, tls: DemoTls, lang: str) -> Path:
+def write_config(root: Path, smtp_port: int, mailboxes: DemoMailboxes, tls: DemoTls,
+                 lang: str) -> Path:
     """The workspace's config file (mode 0600). Passwords are named, never written."""
     owner = _person("sender")
+    imap: dict[str, Any] = {"host": "127.0.0.1", "tls": "implicit", "ca_file": str(tls.ca_file)}
+    imap.update(mailboxes.imap_config())
     sections: dict[str, dict[str, Any]] = {
         "organisation": {"name": ORGANISATION},
         "task": {"definition": "efaktura-8b", "language": lang},
         "store": {"path": "mailtracker.json"},
-        "smtp": {"host": "127.0.0.1", "port": servers.smtp_port, "tls": "starttls",
+        "smtp": {"host": "127.0.0.1", "port": smtp_port, "tls": "starttls",
                  "username": owner.email, "password_env": PASSWORD_ENV,
                  "ca_file": str(tls.ca_file), "from_address": owner.email,
                  "from_name": owner.name, "timeout": 10,
                  "retries": 1, "retry_delay": 0.2},
-        "imap": {"host": "127.0.0.1", "port": servers.imap_port, "tls": "implicit",
-                 "username": owner.email, "password_env": PASSWORD_ENV,
-                 "ca_file": str(tls.ca_file), "folder": "INBOX", "timeout": 10},
+        "imap": {**imap, "username": owner.email, "password_env": PASSWORD_ENV,
+                 "folder": "INBOX", "timeout": 10},
         "trust": {"authserv_id": MX_HOST, "sender_auth": "dmarc"},
     }
     lines = ["# Written by 'mailtracker demo'. The servers it names ran only during the demo;",
-             f"# their password came from ${PASSWORD_ENV}, set for that run only.", ""]
+             f"# their password came from ${PASSWORD_ENV}, set for that run only.",
+             f"# The mailbox: {mailboxes.description}.", ""]
     for name, table in sections.items():
         lines.append(f"[{name}]")
         lines += [f"{key} = {json.dumps(value, ensure_ascii=False)}"
@@ -245,24 +281,31 @@ def _add_recipients(app: App, lang: str) -> None:
             now=app.now()))
 
 
-def _write_sent(directory: Path, servers: DemoServers) -> Path:
+def _write_sent(directory: Path, smtp: SubmissionServer) -> Path:
     """Each message as the submission server received it, one .eml per recipient."""
     directory.mkdir(parents=True, exist_ok=True)
-    for number, (rcpts, raw) in enumerate(servers.smtp_handler.accepted, 1):
+    for number, (rcpts, raw) in enumerate(smtp.handler.accepted, 1):
         name = rcpts[0].replace("@", "_at_").replace("/", "_")
         (directory / f"{number:02d}-orientation-{name}.eml").write_bytes(raw)
     return directory
 
 
-def _answers(store: MailStore, lang: str) -> list[Inbound]:
+def _inbox(mailboxes: DemoMailboxes, address: str) -> list[tuple[int, bytes]]:
+    """``(uid, message)`` of everything in ``address``'s INBOX, read as the poller reads."""
+    with closing(mailboxes.open(address)) as box:
+        box.select("INBOX")
+        return sorted(box.fetch_full_many(box.uids_after(0)).items())
+
+
+def _answers(mailboxes: DemoMailboxes, lang: str) -> list[Inbound]:
     """The reply and the out-of-office answer, each to the orientation its author got."""
     now = datetime.now().astimezone()
     out = []
     for part, build in (("reply", reply), ("auto_reply", auto_reply)):
         person = _person(part)
-        received = store.messages(person.email)
+        received = _inbox(mailboxes, person.email)
         if received:  # nothing arrives if notify failed; the checks will say so
-            out.append(build(read_original(received[0]), (person.name, person.email), lang,
+            out.append(build(read_original(received[0][1]), (person.name, person.email), lang,
                              now))
     return out
 
@@ -290,10 +333,10 @@ class OutsideMail:
         return [self.spoof, self.agreement, self.guide, self.webinar]
 
 
-def _arrive(store: MailStore, inbound: Inbound) -> None:
+def _arrive(mailboxes: DemoMailboxes, inbound: Inbound) -> None:
     """File an answer or outside mail in the KP owner's inbox, as the demo MX does."""
     protocol = "ESMTPS" if inbound.auth_results is not None else "ESMTPSA"
-    deliver_local(store, _person("sender").email, inbound.raw, mail_from=inbound.mail_from,
+    deliver_local(mailboxes, _person("sender").email, inbound.raw, mail_from=inbound.mail_from,
                   peer=inbound.peer, protocol=protocol, auth_results=inbound.auth_results)
 
 
@@ -310,12 +353,11 @@ def _write_dossier(app: App, path: Path) -> None:
     write_html(path, render_html(dossier, app.task.followups.calendar.tz))
 
 
-def _dump_mailboxes(directory: Path, store: MailStore) -> None:
-    """Every demo mailbox as .eml files, for a look after ``--keep``."""
-    for account in store.accounts():
-        for folder in account.folders.values():
-            target = directory / account.address / folder.name
-            target.mkdir(parents=True, exist_ok=True)
-            for message in folder.messages:
-                (target / f"{message.uid:03d}.eml").write_bytes(message.raw)
-
+def _dump_mailboxes(directory: Path, mailboxes: DemoMailboxes) -> None:
+    """Every demo mailbox's INBOX as .eml files (named by UID), for a look after ``--keep``."""
+    for address in EXISTING_MAILBOXES:
+        messages = _inbox(mailboxes, address)
+        target = directory / address / "INBOX"
+        target.mkdir(parents=True, exist_ok=True)
+        for uid, raw in messages:
+            (target / f"{uid:03d}.eml").write_bytes(raw)

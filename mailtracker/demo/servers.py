@@ -1,9 +1,9 @@
-"""The demo's embedded servers on one background event loop, and their throwaway CA.
+"""The demo's submission server on a background event loop, and the run's throwaway CA.
 
-``with DemoServers(store, tls) as servers:`` starts the aiosmtpd submission server
-(STARTTLS) and the IMAP server (implicit TLS) on 127.0.0.1 with ports chosen by the kernel,
-in a daemon thread; leaving the block stops both. Certificates come from a CA made with
-trustme for this run only; clients verify against its PEM (``ca_file`` in the config).
+``with SubmissionServer(mailboxes, logins, tls) as smtp:`` starts the aiosmtpd submission
+server (STARTTLS) on 127.0.0.1 with a port chosen by the kernel, in a daemon thread; leaving
+the block stops it. Certificates come from a CA made with trustme for this run only; clients
+(and the demo's Dovecot) use its PEM files (``ca_file`` in the config).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import contextlib
 import logging
 import ssl
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -21,8 +21,7 @@ from typing import Any, TypeVar
 
 import trustme
 
-from mailtracker.demo.imapd import DemoImapServer
-from mailtracker.demo.mailstore import MailStore
+from mailtracker.demo.mailbox import DemoMailboxes
 from mailtracker.demo.smtpd import (
     MX_HOST,
     SUBMISSION_HOST,
@@ -75,22 +74,21 @@ def make_demo_ca(directory: Path) -> DemoTls:
     return tls
 
 
-class DemoServers:
-    """The submission server and the IMAP server over ``store``, on a background loop."""
+class SubmissionServer:
+    """The submission server filing into ``mailboxes``, on a background loop. ``logins``:
+    address → password of who may submit."""
 
-    def __init__(self, store: MailStore, tls: DemoTls):
-        self.store = store
+    def __init__(self, mailboxes: DemoMailboxes, logins: Mapping[str, str], tls: DemoTls):
         self.tls = tls
-        self.smtp_handler = SubmissionHandler(store)
-        self.imap = DemoImapServer(store, tls.server_context())
-        self.smtp_port = 0
-        self.imap_port = 0
+        self.logins = dict(logins)
+        self.handler = SubmissionHandler(mailboxes)
+        self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name="mailtracker-demo-servers", daemon=True)
+                                        name="mailtracker-demo-smtp", daemon=True)
         self._smtp_server: asyncio.Server | None = None
 
-    def __enter__(self) -> DemoServers:
+    def __enter__(self) -> SubmissionServer:
         self.start()
         return self
 
@@ -102,7 +100,7 @@ class DemoServers:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(_START_TIMEOUT)
 
     def start(self) -> None:
-        """Start both servers; ``smtp_port`` and ``imap_port`` are set when this returns."""
+        """Start the server; ``port`` is set when this returns."""
         logging.getLogger("mail.log").addFilter(_AIOSMTPD_FILTER)  # no-op when present
         self._thread.start()
         try:
@@ -115,13 +113,11 @@ class DemoServers:
         loop = asyncio.get_running_loop()
         context = self.tls.server_context()
         self._smtp_server = await loop.create_server(
-            lambda: make_submission_server(self.store, self.smtp_handler, context),
-            LOOPBACK, 0)
-        self.smtp_port = int(self._smtp_server.sockets[0].getsockname()[1])
-        self.imap_port = await self.imap.start(LOOPBACK, 0)
+            lambda: make_submission_server(self.handler, self.logins, context), LOOPBACK, 0)
+        self.port = int(self._smtp_server.sockets[0].getsockname()[1])
 
     def stop(self) -> None:
-        """Stop both servers and the loop thread. Safe to call twice."""
+        """Stop the server and the loop thread. Safe to call twice."""
         if self._loop.is_closed():
             return
         if self._thread.is_alive():
@@ -133,7 +129,6 @@ class DemoServers:
             self._loop.close()
 
     async def _stop(self) -> None:
-        await self.imap.stop()
         if self._smtp_server is not None:
             self._smtp_server.close()
             await self._smtp_server.wait_closed()

@@ -3,7 +3,8 @@
 :class:`SubmissionHandler` is what ``mailtracker notify`` talks to: aiosmtpd with STARTTLS
 required and AUTH PLAIN/LOGIN (only after STARTTLS) for one demo account. Every accepted
 message is handed to :func:`deliver_local`, the demo MX's local delivery, which adds the trace
-headers a real MTA adds and files it in the recipient's INBOX. A recipient without a mailbox
+headers a real MTA adds and files it in the recipient's INBOX (in memory, or through Dovecot's
+LDA; see :class:`~mailtracker.demo.mailbox.DemoMailboxes`). A recipient without a mailbox
 gets what real life gives: the message is accepted, then a DSN bounce
 (``multipart/report; report-type=delivery-status``, Status 5.1.1, the original headers as
 ``text/rfc822-headers``) lands in the sender's INBOX.
@@ -11,18 +12,19 @@ gets what real life gives: the message is accepted, then a DSN bounce
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import secrets
 import ssl
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mailtracker.demo.mailstore import MailStore, normalise_crlf
+from mailtracker.demo.mailbox import DemoMailboxes, normalise_crlf
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +53,15 @@ def trace_headers(rcpt: str, mail_from: str, *, peer: str, protocol: str,
     return "\r\n".join(lines).encode() + b"\r\n"
 
 
-def deliver_local(store: MailStore, rcpt: str, raw: bytes, *, mail_from: str,
+def deliver_local(mailboxes: DemoMailboxes, rcpt: str, raw: bytes, *, mail_from: str,
                   peer: str = LOCAL_PEER, protocol: str = "ESMTPSA",
-                  auth_results: str | None = None, now: datetime | None = None) -> int | None:
-    """File ``raw`` in ``rcpt``'s INBOX under the MX's trace headers; its UID, or None if
-    ``rcpt`` has no mailbox here."""
+                  auth_results: str | None = None, now: datetime | None = None) -> bool:
+    """File ``raw`` in ``rcpt``'s INBOX under the MX's trace headers; False if ``rcpt`` has
+    no mailbox here."""
     when = now or datetime.now().astimezone()
-    if store.account(rcpt) is None:
-        return None
     headers = trace_headers(rcpt, mail_from, peer=peer, protocol=protocol,
                             auth_results=auth_results, now=when)
-    return store.deliver(rcpt, headers + normalise_crlf(raw), when=when)
+    return mailboxes.deliver(rcpt, headers + normalise_crlf(raw), when)
 
 
 def _header_block(raw: bytes) -> bytes:
@@ -114,8 +114,8 @@ def _part(boundary: str, content_type: str, description: str, body: bytes) -> by
 class SubmissionHandler:
     """aiosmtpd handler: delivers locally, bounces what has no mailbox back to the sender."""
 
-    def __init__(self, store: MailStore, now: Callable[[], datetime] | None = None):
-        self.store = store
+    def __init__(self, mailboxes: DemoMailboxes, now: Callable[[], datetime] | None = None):
+        self.mailboxes = mailboxes
         self.now = now or (lambda: datetime.now().astimezone())
         self.bounced: list[str] = []  # recipients a DSN was sent for
         self.accepted: list[tuple[tuple[str, ...], bytes]] = []  # (recipients, message)
@@ -125,43 +125,50 @@ class SubmissionHandler:
         sender = envelope.mail_from or ""
         queue = queue_id()
         self.accepted.append((tuple(envelope.rcpt_tos), raw))
-        for rcpt in envelope.rcpt_tos:
-            helo = session.host_name or "localhost"
-            uid = deliver_local(self.store, rcpt, raw, mail_from=sender,
-                                peer=f"{helo} (localhost [127.0.0.1])",
-                                protocol="ESMTPSA" if session.authenticated else "ESMTPS",
-                                now=self.now())
-            if uid is None and sender:  # never bounce a bounce (null sender)
-                self._bounce(raw, rcpt, sender, queue)
+        peer = f"{session.host_name or 'localhost'} (localhost [127.0.0.1])"
+        protocol = "ESMTPSA" if session.authenticated else "ESMTPS"
+        # Filing may run a program (Dovecot's LDA): off the event loop.
+        await asyncio.to_thread(self._deliver, tuple(envelope.rcpt_tos), raw, sender, queue,
+                                peer, protocol)
         return f"250 2.0.0 Ok: queued as {queue}"
+
+    def _deliver(self, rcpts: tuple[str, ...], raw: bytes, sender: str, queue: str, peer: str,
+                 protocol: str) -> None:
+        for rcpt in rcpts:
+            filed = deliver_local(self.mailboxes, rcpt, raw, mail_from=sender, peer=peer,
+                                  protocol=protocol, now=self.now())
+            if not filed and sender:  # never bounce a bounce (null sender)
+                self._bounce(raw, rcpt, sender, queue)
 
     def _bounce(self, raw: bytes, rcpt: str, sender: str, queue: str) -> None:
         log.debug("no mailbox for %s: bouncing to %s", rcpt, sender)
         self.bounced.append(rcpt)
         dsn = build_dsn(raw, failed_rcpt=rcpt, sender=sender, now=self.now(), queue=queue)
-        deliver_local(self.store, sender, dsn, mail_from="", protocol="local",
+        deliver_local(self.mailboxes, sender, dsn, mail_from="", protocol="local",
                       now=self.now())
 
 
 class PasswordAuthenticator:
-    """aiosmtpd authenticator: PLAIN/LOGIN for the accounts of the store."""
+    """aiosmtpd authenticator: PLAIN/LOGIN for ``logins`` (address → password)."""
 
-    def __init__(self, store: MailStore):
-        self.store = store
+    def __init__(self, logins: Mapping[str, str]):
+        self.logins = {address.lower(): password for address, password in logins.items()}
 
     def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
                  auth_data: Any) -> AuthResult:
         if isinstance(auth_data, LoginPassword):
             login = auth_data.login.decode("utf-8", "replace")
             password = auth_data.password.decode("utf-8", "replace")
-            if self.store.check_login(login, password) is not None:
+            known = self.logins.get(login.lower())
+            if known is not None and secrets.compare_digest(known.encode(),
+                                                            password.encode()):
                 return AuthResult(success=True, auth_data=login)
         return AuthResult(success=False, handled=False)
 
 
-def make_submission_server(store: MailStore, handler: SubmissionHandler,
+def make_submission_server(handler: SubmissionHandler, logins: Mapping[str, str],
                            tls_context: ssl.SSLContext) -> SMTP:
     """One aiosmtpd protocol instance (the loop's ``create_server`` calls this per client)."""
     return SMTP(handler, hostname=SUBMISSION_HOST, tls_context=tls_context, require_starttls=True,
                 auth_required=True, auth_require_tls=True,
-                authenticator=PasswordAuthenticator(store), timeout=30)
+                authenticator=PasswordAuthenticator(logins), timeout=30)

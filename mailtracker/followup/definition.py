@@ -21,6 +21,7 @@ from mailtracker.followup.calendar import (
     ClosedDay,
     WorkCalendar,
 )
+from mailtracker.tables import Table
 
 ORIENTED = "oriented"  # audience: every recipient whose orientation was delivered
 ORIENTATION = "orientation"  # escalation anchor: the first orientation mail sent
@@ -86,50 +87,15 @@ class Followups:
     escalations: tuple[EscalationDef, ...] = ()
 
 
-class _Reader:
-    """Typed access to one table, raising errors that name ``where.key``."""
+def _reader(table: Any, where: str, path: Path | None) -> Table:
+    return Table(table, where, path, TaskDefinitionError)
 
-    def __init__(self, table: Any, where: str, path: Path | None):
-        if not isinstance(table, Mapping):
-            raise TaskDefinitionError("must be a table", path=path, key=where)
-        self.table, self.where, self.path = table, where, path
 
-    def fail(self, key: str, message: str) -> TaskDefinitionError:
-        return TaskDefinitionError(message, path=self.path, key=f"{self.where}.{key}")
-
-    def check_keys(self, allowed: Collection[str]) -> None:
-        for key in self.table:
-            if key not in allowed:
-                raise self.fail(key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-    def text(self, key: str, default: str | None = None) -> str:
-        value = self.table.get(key, default)
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, "must be a non-empty string")
-        return value.strip()
-
-    def template(self, key: str, default: str | None = None) -> str:
-        value = self.text(key, default)
-        if not _TEMPLATE_RE.match(value):
-            raise self.fail(key, f"not a template name: {value!r}")
-        return value
-
-    def integer(self, key: str, default: int | None, minimum: int) -> int:
-        value = self.table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(key, f"must be a whole number of at least {minimum}")
-        return value
-
-    def names(self, key: str, default: tuple[str, ...], known: Collection[str]) -> tuple[str, ...]:
-        value = self.table.get(key, list(default))
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.fail(key, "must be a list of names")
-        for v in value:
-            if v not in known:
-                raise self.fail(key, f"unknown name {v!r} (known: {', '.join(sorted(known))})")
-        return tuple(value)
+def _template(r: Table, key: str, default: str | None = None) -> str:
+    value = r.req_str(key, default)
+    if not _TEMPLATE_RE.match(value):
+        raise r.fail(key, f"not a template name: {value!r}")
+    return value
 
 
 def followups_from_mapping(data: Mapping[str, Any], *, roles: Collection[str],
@@ -141,7 +107,7 @@ def followups_from_mapping(data: Mapping[str, Any], *, roles: Collection[str],
     for key, value in (("events", raw_events), ("escalations", raw_escalations)):
         if not isinstance(value, list):
             raise TaskDefinitionError("must be an array of tables ([[...]])", path=path, key=key)
-    events = tuple(_event(_Reader(t, f"events[{i}]", path), roles, milestones)
+    events = tuple(_event(_reader(t, f"events[{i}]", path), roles, milestones)
                    for i, t in enumerate(raw_events))
     event_templates = {e.template for e in events}
     for i, e in enumerate(events):
@@ -150,28 +116,28 @@ def followups_from_mapping(data: Mapping[str, Any], *, roles: Collection[str],
                                       key=f"events[{i}].only_notified")
     reminders = None
     if "reminders" in data:
-        reminders = _reminders(_Reader(data["reminders"], "reminders", path), roles,
+        reminders = _reminders(_reader(data["reminders"], "reminders", path), roles,
                                milestones)
-    escalations = tuple(_escalation(_Reader(t, f"escalations[{i}]", path), roles, milestones)
+    escalations = tuple(_escalation(_reader(t, f"escalations[{i}]", path), roles, milestones)
                         for i, t in enumerate(raw_escalations))
     return Followups(calendar=calendar, events=events, reminders=reminders,
                      escalations=escalations)
 
 
 def _calendar(table: Any, path: Path | None) -> WorkCalendar:
-    r = _Reader(table, "schedule", path)
-    r.check_keys({"timezone", "working_days", "opens", "closes", "danish_holidays",
+    r = _reader(table, "schedule", path)
+    r.unknown_keys({"timezone", "working_days", "opens", "closes", "danish_holidays",
                   "closed_days"})
     days = r.names("working_days", WEEKDAYS[:5], WEEKDAYS)
     if not days:
         raise r.fail("working_days", "must name at least one weekday")
-    holidays = r.table.get("danish_holidays", True)
+    holidays = r.data.get("danish_holidays", True)
     if not isinstance(holidays, bool):
         raise r.fail("danish_holidays", "must be true or false")
     opens, closes = _clock(r, "opens", "08:00"), _clock(r, "closes", "16:00")
     if not opens < closes:
         raise r.fail("closes", "must be later than opens")
-    timezone = r.text("timezone", "Europe/Copenhagen")
+    timezone = r.req_str("timezone", "Europe/Copenhagen")
     try:
         return WorkCalendar(timezone=timezone,
                             working_days=frozenset(WEEKDAYS.index(d) for d in days),
@@ -181,8 +147,8 @@ def _calendar(table: Any, path: Path | None) -> WorkCalendar:
         raise r.fail("timezone", f"unknown time zone {timezone!r}") from None
 
 
-def _clock(r: _Reader, key: str, default: str) -> time:
-    value = r.table.get(key, default)
+def _clock(r: Table, key: str, default: str) -> time:
+    value = r.data.get(key, default)
     if isinstance(value, time):  # TOML local time: opens = 08:00
         return value
     try:
@@ -192,10 +158,10 @@ def _clock(r: _Reader, key: str, default: str) -> time:
         raise r.fail(key, f"not a time of day like \"08:00\": {value!r}") from None
 
 
-def _closed_days(r: _Reader) -> tuple[ClosedDay, ...]:
-    if "closed_days" not in r.table:
+def _closed_days(r: Table) -> tuple[ClosedDay, ...]:
+    if "closed_days" not in r.data:
         return DEFAULT_CLOSED_DAYS
-    value = r.table["closed_days"]
+    value = r.data["closed_days"]
     if not isinstance(value, list):
         raise r.fail("closed_days", 'must be a list like ["12-24", "2026-05-15"]')
     out = []
@@ -217,8 +183,8 @@ def _closed_days(r: _Reader) -> tuple[ClosedDay, ...]:
     return tuple(out)
 
 
-def _event(r: _Reader, roles: Collection[str], milestones: Collection[str]) -> EventDef:
-    r.check_keys({"milestone", "template", "to", "unless", "only_notified", "calendar",
+def _event(r: Table, roles: Collection[str], milestones: Collection[str]) -> EventDef:
+    r.unknown_keys({"milestone", "template", "to", "unless", "only_notified", "calendar",
                   "duration_minutes"})
     milestone = r.names("milestone", (), milestones)
     if len(milestone) != 1:
@@ -226,61 +192,61 @@ def _event(r: _Reader, roles: Collection[str], milestones: Collection[str]) -> E
     to = r.names("to", (), {*roles, ORIENTED})
     if not to:
         raise r.fail("to", f"must name at least one role (or {ORIENTED!r})")
-    method = r.table.get("calendar")
+    method = r.data.get("calendar")
     if method is not None and (not isinstance(method, str)
                                or method.upper() not in CALENDAR_METHODS):
         raise r.fail("calendar", f"must be one of {', '.join(CALENDAR_METHODS)}")
-    only = r.template("only_notified") if "only_notified" in r.table else None
+    only = _template(r, "only_notified") if "only_notified" in r.data else None
     return EventDef(milestone=milestone[0],
-                    template=r.template("template", f"event-{milestone[0]}"),
+                    template=_template(r, "template", f"event-{milestone[0]}"),
                     to=to, unless=r.names("unless", (), milestones), only_notified=only,
                     calendar=method.upper() if isinstance(method, str) else None,
                     duration_minutes=r.integer("duration_minutes", 90, 1))
 
 
-def _reminders(r: _Reader, roles: Collection[str], milestones: Collection[str]) -> ReminderDef:
-    r.check_keys({"template", "after_working_days", "max_count", "interval_working_days",
+def _reminders(r: Table, roles: Collection[str], milestones: Collection[str]) -> ReminderDef:
+    r.unknown_keys({"template", "after_working_days", "max_count", "interval_working_days",
                   "roles", "unless"})
     unless: dict[str, tuple[str, ...]] = {}
-    if "unless" in r.table:
-        table = _Reader(r.table["unless"], f"{r.where}.unless", r.path)
-        table.check_keys(roles)
-        unless = {role: table.names(role, (), milestones) for role in table.table}
-    return ReminderDef(template=r.template("template", "reminder-orientation"),
+    if "unless" in r.data:
+        table = _reader(r.data["unless"], f"{r.where}.unless", r.path)
+        table.unknown_keys(roles)
+        unless = {role: table.names(role, (), milestones) for role in table.data}
+    return ReminderDef(template=_template(r, "template", "reminder-orientation"),
                        after_working_days=r.integer("after_working_days", 5, 1),
                        max_count=r.integer("max_count", 1, 0),
                        interval_working_days=r.integer("interval_working_days", 5, 1),
                        roles=r.names("roles", (), roles), unless=unless)
 
 
-def _escalation(r: _Reader, roles: Collection[str],
+def _escalation(r: Table, roles: Collection[str],
                 milestones: Collection[str]) -> EscalationDef:
-    r.check_keys({"milestone", "template", "to", "unless", "after", "days", "weeks",
+    r.unknown_keys({"milestone", "template", "to", "unless", "after", "days", "weeks",
                   "working_days", "deadline"})
     milestone = r.names("milestone", (), milestones)
     if len(milestone) != 1:
         raise r.fail("milestone", "must name one milestone")
-    given = [k for k in ("days", "weeks", "working_days", "deadline") if k in r.table]
+    given = [k for k in ("days", "weeks", "working_days", "deadline") if k in r.data]
     if len(given) != 1:
         raise r.fail("deadline", "give exactly one of days, weeks, working_days or deadline")
-    deadline = r.table.get("deadline")
+    deadline = r.data.get("deadline")
     if deadline is not None and (not isinstance(deadline, date)
                                  or isinstance(deadline, datetime)):
         raise r.fail("deadline", "must be a date like 2026-06-30")
     delay = None
-    if "days" in r.table:
+    if "days" in r.data:
         delay = timedelta(days=r.integer("days", None, 1))
-    elif "weeks" in r.table:
+    elif "weeks" in r.data:
         delay = timedelta(weeks=r.integer("weeks", None, 1))
-    working_days = r.integer("working_days", None, 1) if "working_days" in r.table else None
+    working_days = r.integer("working_days", None, 1) if "working_days" in r.data else None
     after = r.names("after", (ORIENTATION,), {*milestones, ORIENTATION})
     if len(after) != 1:
         raise r.fail("after", f"must name one milestone or {ORIENTATION!r}")
-    to = r.names("to", ("kp_owner",), roles) if "kp_owner" in roles or "to" in r.table else ()
+    to = r.names("to", ("kp_owner",), roles) if "kp_owner" in roles or "to" in r.data else ()
     if not to:
         raise r.fail("to", "must name at least one role")
     return EscalationDef(milestone=milestone[0],
-                         template=r.template("template", f"escalation-{milestone[0]}"),
+                         template=_template(r, "template", f"escalation-{milestone[0]}"),
                          to=to, unless=r.names("unless", (), milestones), after=after[0],
                          delay=delay, working_days=working_days,
                          deadline=deadline)

@@ -124,7 +124,9 @@ async def run_tick(app: App, *, dry_run: bool = False, sleep: Sleep = asyncio.sl
     Raises ``StoreLockedError`` if another ``notify`` or ``tick`` is running, ``ConfigError``
     without ``[smtp]`` when something is due, ``SmtpError`` when the server cannot be used.
     A template that fails to render is reported per mail and does not stop the others.
+    Raises ``StoreRestoredError`` when the state is older than the mail that went out.
     """
+    app.store.refuse_if_restored()
     if dry_run:
         plan, mails, results = _prepare(app)
         if preview_dir is not None:
@@ -143,15 +145,22 @@ async def run_tick(app: App, *, dry_run: bool = False, sleep: Sleep = asyncio.sl
     return _report(plan, results, dry_run=False)
 
 
-def tick_sync(app: App) -> TickReport:
+def tick_sync(app: App, runner: asyncio.Runner | None = None) -> TickReport:
     """One round from synchronous code (``watch``). Never raises a ``MailtrackerError``.
+
+    ``runner``: the event loop to run it in; ``watch`` keeps one for its whole life (one loop
+    per process, not one per round). Without it, a loop for this round alone.
 
     If another process holds the outbox lock the round is skipped with a log line; it will
     simply happen at the next round. Other errors (no SMTP server reachable, bad config) are
     logged and returned in ``error``, so a follow-up problem never stops the inbox watcher.
     """
     try:
-        report = asyncio.run(run_tick(app))
+        if runner is None:
+            with asyncio.Runner() as own:
+                report = own.run(run_tick(app))
+        else:
+            report = runner.run(run_tick(app))
     except StoreLockedError as exc:
         log.info("follow-ups skipped this round: %s", exc)
         return TickReport(now=app.now(), skipped=str(exc))

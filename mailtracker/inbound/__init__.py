@@ -1,0 +1,2 @@
+"""Inbound mail: the mailbox adapters (I/O), the poll pipeline and the watcher; ``mail/`` and
+``judge/`` below are pure."""

@@ -334,11 +334,15 @@ def run_graph_poll(app: App, *, dry_run: bool = False) -> PollReport:
 def run_graph_watch(app: App, *, health_interval: float = 3600.0,
                     stop: threading.Event | None = None) -> None:
     """``mailtracker watch`` over Graph: poll the delta every ``watch_interval``."""
+    import asyncio
+
     from mailtracker.followup.runner import tick_sync
     from mailtracker.inbound.watch import run_watch
 
     settings = graph_settings(app.settings)
-    with app.store.exclusive("inbound", "'mailtracker poll' or 'watch'"):
+    # One event loop for the watcher's whole life: each round's follow-ups run in it.
+    with app.store.exclusive("inbound", "'mailtracker poll' or 'watch'"), \
+            asyncio.Runner() as loop:
         run_watch(lambda: open_reader(app, stop), lambda r: poll_graph_once(app, r),
                   wait_seconds=settings.watch_interval, health_interval=health_interval,
-                  after_poll=lambda: tick_sync(app), stop=stop)
+                  after_poll=lambda: tick_sync(app, loop), stop=stop)

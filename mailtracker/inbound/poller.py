@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
@@ -374,17 +375,23 @@ def _post_action(mailbox: ChunkSource, settings: ImapSettings | GraphSettings,
                     settings.post_action, exc)
 
 
-def run_poll(app: App, *, dry_run: bool = False) -> PollReport:
-    """``mailtracker poll``: connect, one pass, disconnect."""
-    if isinstance(inbound_settings(app), GraphSettings):
+def run_poll(app: App, *, dry_run: bool = False,
+             connect: Callable[[], Mailbox] | None = None) -> PollReport:
+    """``mailtracker poll``: connect, one pass, disconnect.
+
+    ``connect`` opens the mailbox instead of ``[imap]``'s server (the demo's in-memory
+    mailbox); whatever it returns is closed after the pass. With ``[graph] read = true``
+    the pass reads the folder's delta through Microsoft Graph."""
+    if connect is None and isinstance(inbound_settings(app), GraphSettings):
         from mailtracker.inbound.graph import run_graph_poll
 
         return run_graph_poll(app, dry_run=dry_run)
+    opener = connect or (lambda: open_mailbox(app))
     if dry_run:
-        with open_mailbox(app) as mailbox:
+        with closing(opener()) as mailbox:
             return poll_once(app, mailbox, dry_run=True)
     with app.store.exclusive("inbound", "'mailtracker poll' or 'watch'"), \
-            open_mailbox(app) as mailbox:
+            closing(opener()) as mailbox:
         return poll_once(app, mailbox)
 
 
@@ -395,11 +402,15 @@ def run_watch_forever(app: App, *, health_interval: float = 3600.0) -> None:
 
         run_graph_watch(app, health_interval=health_interval)
         return
+    import asyncio
+
     from mailtracker.followup.runner import tick_sync
     from mailtracker.inbound.watch import run_watch
 
     settings = imap_settings(app)
-    with app.store.exclusive("inbound", "'mailtracker poll' or 'watch'"):
+    # One event loop for the watcher's whole life: each round's follow-ups run in it.
+    with app.store.exclusive("inbound", "'mailtracker poll' or 'watch'"), \
+            asyncio.Runner() as loop:
         run_watch(lambda: open_mailbox(app), lambda mb: poll_once(app, mb),
                   wait_seconds=settings.watch_interval,
-                  health_interval=health_interval, after_poll=lambda: tick_sync(app))
+                  health_interval=health_interval, after_poll=lambda: tick_sync(app, loop))

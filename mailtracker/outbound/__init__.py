@@ -1,0 +1,1 @@
+"""Outbound mail: rendering (pure), building, the outbox and SMTP submission."""

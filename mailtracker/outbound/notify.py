@@ -95,7 +95,12 @@ def _plan(app: App, recipients: Sequence[Recipient], options: NotifyOptions,
 
 async def run_notify(app: App, options: NotifyOptions, *, sleep: Sleep = asyncio.sleep,
                      ) -> list[NotifyResult]:
-    """Send (or preview) the orientation mail. Returns one result per selected recipient."""
+    """Send (or preview) the orientation mail. Returns one result per selected recipient.
+
+    Raises ``StoreRestoredError`` when the state is older than the mail that went out (a
+    restore from an older backup): nobody gets a second copy.
+    """
+    app.store.refuse_if_restored()
     if options.dry_run:
         plan, results = _plan(app, select_recipients(app, options), options, app.now())
         if options.preview_dir is not None:

@@ -21,7 +21,8 @@ Context variables of the orientation templates (``orientation_context`` builds t
 ``role_label``      the role's label in the mail's language
 ``organisation``    the municipality, used in the text and the sign-off
 ``sender_name``     the configured sender (``[smtp] from_name``)
-``signer_name``     who signs: the KP system owner when registered, else ``sender_name``
+``signer_name``     who signs: the KP system owner when registered ("Pedersen, Karen" signs
+                    "Karen Pedersen"), else ``sender_name``
 ``signer_line``     the signer's title and organisation, or '' (never the organisation twice)
 ``sender_email``    the sender's address (shown under the sign-off)
 ``task_title``      the KLIK task title in the mail's language
@@ -60,6 +61,7 @@ import jinja2
 
 from mailtracker import __version__
 from mailtracker.addresses import first_name as _first_name
+from mailtracker.addresses import natural_name as _natural_name
 from mailtracker.errors import InvalidInputError, TemplateError
 from mailtracker.resources import data_dir
 
@@ -148,7 +150,7 @@ def orientation_context(*, recipient_name: str, recipient_email: str, role: str,
         "recipient_email": recipient_email,
         "first_name": greeting or _first_name(recipient_name),
         # A person signs: the KP system owner when registered, else the configured sender.
-        "signer_name": kp_owner_name or sender_name,
+        "signer_name": _natural_name(kp_owner_name) if kp_owner_name else sender_name,
         "signer_line": (f"{_KP_OWNER_TITLE.get(lang, _KP_OWNER_TITLE['en'])}, {organisation}"
                         if kp_owner_name else
                         "" if organisation.lower() in sender_name.lower() else organisation),
@@ -160,7 +162,7 @@ def orientation_context(*, recipient_name: str, recipient_email: str, role: str,
         "sender_name": sender_name,
         "sender_email": sender_email,
         "task_title": task_title,
-        "kp_owner_name": kp_owner_name,
+        "kp_owner_name": _natural_name(kp_owner_name) if kp_owner_name else None,
         "kp_owner_email": kp_owner_email,
         "recipients": [{"name": n, "email": e, "role_label": r} for n, e, r in recipients],
         "milestones": dict(milestones or {}),

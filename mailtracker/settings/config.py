@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from mailtracker.addresses import check_email
 from mailtracker.errors import ConfigError
 from mailtracker.inbound.judge.trust import SenderAuth, TrustSettings
+from mailtracker.tables import Table
 
 if TYPE_CHECKING:
     from mailtracker.settings.graphconfig import GraphSettings
@@ -212,95 +213,11 @@ def _readable_by_others(path: Path) -> bool:
     return bool(mode & (stat.S_IRGRP | stat.S_IROTH))
 
 
-class _Section:
-    """Typed access to one TOML table; every error names file and key."""
-
-    def __init__(self, data: Mapping[str, Any], name: str, path: Path):
-        self.data = data
-        self.name = name
-        self.path = path
-
-    def _err(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, path=self.path, key=f"{self.name}.{key}")
-
-    def unknown_keys(self, allowed: set[str]) -> None:
-        for key in self.data:
-            if key not in allowed:
-                raise self._err(key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-    def text(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
-        value = self.data.get(key, default)
-        if value is None:
-            if required:
-                raise self._err(key, "is required")
-            return None
-        if not isinstance(value, str):
-            raise self._err(key, f"must be a string, not {type(value).__name__}")
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise self._err(key, "must not contain control characters")
-        if required and not value.strip():
-            raise self._err(key, "must not be empty")
-        return value
-
-    def req_str(self, key: str, default: str | None = None) -> str:
-        value = self.text(key, default, required=True)
-        assert value is not None
-        return value
-
-    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
-        value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._err(key, f"must be a whole number, not {value!r}")
-        if not lo <= value <= hi:
-            raise self._err(key, f"must be between {lo} and {hi}, not {value}")
-        return value
-
-    def number(self, key: str, default: float, lo: float, hi: float) -> float:
-        value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self._err(key, f"must be a number of seconds, not {value!r}")
-        if not lo <= float(value) <= hi:
-            raise self._err(key, f"must be between {lo} and {hi}, not {value}")
-        return float(value)
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.data.get(key, default)
-        if not isinstance(value, bool):
-            raise self._err(key, f"must be true or false, not {value!r}")
-        return value
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.req_str(key, default)
-        if value not in choices:
-            raise self._err(key, f"must be one of {', '.join(repr(c) for c in choices)}, "
-                                 f"not {value!r}")
-        return value
-
-    def str_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.data.get(key, list(default))
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self._err(key, "must be a list of strings")
-        return tuple(v.strip().lower() for v in value)
-
-    def path_(self, key: str, base: Path) -> Path | None:
-        value = self.text(key)
-        if value is None:
-            return None
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else base / p
-
-    def existing_file(self, key: str, base: Path) -> Path | None:
-        p = self.path_(key, base)
-        if p is not None and not p.is_file():
-            raise self._err(key, f"file not found: {p}")
-        return p
+_Section = Table  # one table of the config file, read through the shared reader
 
 
 def _section(data: Mapping[str, Any], name: str, path: Path) -> _Section:
-    value = data.get(name, {})
-    if not isinstance(value, Mapping):
-        raise ConfigError("must be a table", path=path, key=name)
-    return _Section(value, name, path)
+    return Table(data.get(name, {}), name, path)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -323,10 +240,10 @@ def _secret_source(sec: _Section) -> SecretSource:
 
 
 def _tls(sec: _Section, host: str) -> TlsMode:
-    tls = cast(TlsMode, sec.choice("tls", "starttls" if sec.name == "smtp" else "implicit",
+    tls = cast(TlsMode, sec.choice("tls", "starttls" if sec.where == "smtp" else "implicit",
                                    ("implicit", "starttls", "none")))
     if tls == "none" and not is_loopback_host(host):
-        raise sec._err("tls", f'"none" is only allowed for a loopback host, not {host!r}; '
+        raise sec.fail("tls", f'"none" is only allowed for a loopback host, not {host!r}; '
                               'use "starttls" or "implicit"')
     return tls
 
@@ -350,7 +267,7 @@ def _smtp(data: Mapping[str, Any], path: Path) -> SmtpSettings | None:
     try:
         check_email(from_address)
     except ValueError as exc:
-        raise sec._err("from_address", str(exc)) from None
+        raise sec.fail("from_address", str(exc)) from None
     return SmtpSettings(
         host=host,
         port=sec.integer("port", 465 if tls == "implicit" else 587, 1, 65535),
@@ -384,9 +301,9 @@ def _imap(data: Mapping[str, Any], path: Path) -> ImapSettings | None:
         try:
             since = date.fromisoformat(since_raw)
         except ValueError:
-            raise sec._err("since", f"must be a date like 2026-01-01, not {since_raw!r}") from None
+            raise sec.fail("since", f"must be a date like 2026-01-01, not {since_raw!r}") from None
     else:
-        raise sec._err("since", f"must be a date like 2026-01-01, not {since_raw!r}")
+        raise sec.fail("since", f"must be a date like 2026-01-01, not {since_raw!r}")
     post_action = cast(PostAction, sec.choice("post_action", "none", ("none", "keyword", "move")))
     return ImapSettings(
         host=host,
@@ -416,7 +333,7 @@ def _trust(data: Mapping[str, Any], path: Path) -> TrustSettings:
                                        ("dmarc", "exchange_online", "allowlist")))
     authserv_id = sec.text("authserv_id")
     if mode == "dmarc" and "imap" in data and not authserv_id:
-        raise sec._err("authserv_id", 'is required when sender_auth = "dmarc" (the name your '
+        raise sec.fail("authserv_id", 'is required when sender_auth = "dmarc" (the name your '
                                       "receiving server writes in Authentication-Results; "
                                       "'mailtracker check' suggests it)")
     defaults = TrustSettings(authserv_id=None)
@@ -439,7 +356,7 @@ def _exchange_tenant(sec: _Section, data: Mapping[str, Any]) -> str:
     if own is not None:
         tenant = own.strip().lower()
         if not _GUID_RE.fullmatch(tenant):
-            raise sec._err("tenant_id", "must be the directory (tenant) ID, a GUID such as "
+            raise sec.fail("tenant_id", "must be the directory (tenant) ID, a GUID such as "
                                         "'72f988bf-86f1-41af-91ab-2d7cd011db47' (Entra admin "
                                         "center → Overview → Tenant ID)")
         return tenant
@@ -448,7 +365,7 @@ def _exchange_tenant(sec: _Section, data: Mapping[str, Any]) -> str:
         tenant = str(oauth2["tenant_id"]).strip().lower()
         if _GUID_RE.fullmatch(tenant):
             return tenant
-    raise sec._err("tenant_id", 'is required when sender_auth = "exchange_online" and '
+    raise sec.fail("tenant_id", 'is required when sender_auth = "exchange_online" and '
                                 "[oauth2] tenant_id is not a directory ID: set it to your "
                                 "tenant's directory (tenant) ID, a GUID; 'mailtracker check' "
                                 "shows the one your mail carries")
@@ -465,18 +382,18 @@ def _oauth2(data: Mapping[str, Any], path: Path) -> OAuth2Settings | None:
     sec.unknown_keys(_OAUTH2_KEYS)
     tenant = sec.req_str("tenant_id").strip()
     if any(c in tenant for c in "/?# "):
-        raise sec._err("tenant_id", "must be the directory (tenant) ID or domain, e.g. "
+        raise sec.fail("tenant_id", "must be the directory (tenant) ID or domain, e.g. "
                                     "'kommune.onmicrosoft.com', not a URL")
     flow = cast(OAuth2Flow, sec.choice("flow", "client_credentials",
                                        ("client_credentials", "device_code")))
     if flow == "client_credentials" and tenant.lower() in {"common", "organizations",
                                                            "consumers"}:
-        raise sec._err("tenant_id", "an app signs in to one tenant: use its directory "
+        raise sec.fail("tenant_id", "an app signs in to one tenant: use its directory "
                                     "(tenant) ID, not " + repr(tenant))
     authority = sec.req_str("authority", f"https://login.microsoftonline.com/{tenant}")
     authority = authority.strip().rstrip("/")
     if not authority.startswith("https://") or any(c in authority for c in "?# "):
-        raise sec._err("authority", f"must be an https:// URL without query, not {authority!r}")
+        raise sec.fail("authority", f"must be an https:// URL without query, not {authority!r}")
     scopes = _scopes(sec, flow)
     secret_env = sec.text("client_secret_env")
     cert = sec.existing_file("certificate_path", path.parent)
@@ -496,10 +413,10 @@ def _scopes(sec: _Section, flow: OAuth2Flow) -> tuple[str, ...]:
     value = sec.data.get("scopes", list(DEFAULT_SCOPES[flow]))
     if (not isinstance(value, list) or not value
             or not all(isinstance(v, str) and v.strip() and v.isprintable() for v in value)):
-        raise sec._err("scopes", "must be a non-empty list of strings")
+        raise sec.fail("scopes", "must be a non-empty list of strings")
     scopes = tuple(v.strip() for v in value)
     if flow == "client_credentials" and (len(scopes) != 1 or not scopes[0].endswith("/.default")):
-        raise sec._err("scopes", "the client credentials flow takes exactly one scope ending in "
+        raise sec.fail("scopes", "the client credentials flow takes exactly one scope ending in "
                                  "'/.default' (for Exchange Online: "
                                  "'https://outlook.office365.com/.default')")
     return scopes
@@ -511,21 +428,21 @@ def _oauth2_credential(sec: _Section, flow: OAuth2Flow, secret_env: str | None,
     if flow == "device_code":
         for key, value in (("client_secret_env", secret_env), ("certificate_path", cert)):
             if value is not None:
-                raise sec._err(key, 'is not used with flow = "device_code" (a person signs in)')
+                raise sec.fail(key, 'is not used with flow = "device_code" (a person signs in)')
         return
     if (cert is None) != (thumbprint is None):
-        raise sec._err("certificate_thumbprint" if thumbprint is None else "certificate_path",
+        raise sec.fail("certificate_thumbprint" if thumbprint is None else "certificate_path",
                        "certificate_path and certificate_thumbprint go together")
     if (secret_env is None) == (cert is None):
-        raise sec._err("client_secret_env", "set either client_secret_env or certificate_path "
+        raise sec.fail("client_secret_env", "set either client_secret_env or certificate_path "
                        "+ certificate_thumbprint for the client credentials flow")
     if thumbprint is not None:
         hex_digits = thumbprint.replace(":", "")
         if len(hex_digits) != 40 or any(c not in "0123456789abcdefABCDEF" for c in hex_digits):
-            raise sec._err("certificate_thumbprint", "must be the certificate's SHA-1 "
+            raise sec.fail("certificate_thumbprint", "must be the certificate's SHA-1 "
                                                      "thumbprint: 40 hexadecimal digits")
     if cert is not None and _readable_by_others(cert):
-        raise sec._err("certificate_path", f"{cert} holds a private key and is readable by "
+        raise sec.fail("certificate_path", f"{cert} holds a private key and is readable by "
                                            f"other users; run: chmod 600 {cert}")
 
 

@@ -67,23 +67,23 @@ def parse_graph(data: Mapping[str, Any], path: Path) -> GraphSettings | None:
         try:
             check_email(mailbox)
         except ValueError as exc:
-            raise sec._err("mailbox", str(exc)) from None
+            raise sec.fail("mailbox", str(exc)) from None
     elif any(c in mailbox for c in "/?#% "):
-        raise sec._err("mailbox", "must be the mailbox address (UPN) or its object id")
+        raise sec.fail("mailbox", "must be the mailbox address (UPN) or its object id")
     read, send = sec.flag("read", True), sec.flag("send", True)
     if read and "imap" in data:
-        raise sec._err("read", "is true, so mail is read through Graph: remove [imap], or set "
+        raise sec.fail("read", "is true, so mail is read through Graph: remove [imap], or set "
                                "read = false to keep reading over IMAP")
     if send and "smtp" in data:
-        raise sec._err("send", "is true, so mail is sent through Graph: remove [smtp], or set "
+        raise sec.fail("send", "is true, so mail is sent through Graph: remove [smtp], or set "
                                "send = false to keep sending over SMTP")
     if "oauth2" not in data:
-        raise sec._err("mailbox", "[graph] needs an [oauth2] section (the app registration "
+        raise sec.fail("mailbox", "[graph] needs an [oauth2] section (the app registration "
                                   "whose tokens Graph accepts); see docs/graph.md")
     post_action = cast(GraphPostAction, sec.choice("post_action", "none",
                                                    ("none", "category", "move")))
     if post_action == "move" and not str(sec.data.get("move_to", "")).strip():
-        raise sec._err("move_to", 'is required with post_action = "move" (the folder to move '
+        raise sec.fail("move_to", 'is required with post_action = "move" (the folder to move '
                                   'handled mail to, e.g. "Behandlet")')
     return GraphSettings(
         mailbox=mailbox, folder=sec.req_str("folder", "Inbox").strip(),
@@ -101,12 +101,12 @@ def _endpoint(sec: Any) -> str:
     endpoint = sec.req_str("endpoint", DEFAULT_ENDPOINT).strip().rstrip("/")
     parts = urllib.parse.urlsplit(endpoint)
     if parts.query or parts.fragment or not parts.hostname:
-        raise sec._err("endpoint", f"must be a URL like {DEFAULT_ENDPOINT}, not {endpoint!r}")
+        raise sec.fail("endpoint", f"must be a URL like {DEFAULT_ENDPOINT}, not {endpoint!r}")
     if parts.scheme == "https":
         return str(endpoint)
     if parts.scheme == "http" and is_loopback_host(parts.hostname):
         return str(endpoint)
-    raise sec._err("endpoint", f"must be https:// (plain http only on loopback), not "
+    raise sec.fail("endpoint", f"must be https:// (plain http only on loopback), not "
                                f"{endpoint!r}")
 
 
@@ -119,14 +119,14 @@ def _since(sec: Any) -> date | None:
             return date.fromisoformat(raw)
         except ValueError:
             pass
-    raise sec._err("since", f"must be a date like 2026-01-01, not {raw!r}")
+    raise sec.fail("since", f"must be a date like 2026-01-01, not {raw!r}")
 
 
 def _scopes(sec: Any) -> tuple[str, ...]:
     value = sec.data.get("scopes", list(DEFAULT_SCOPES))
     if (not isinstance(value, list) or not value
             or not all(isinstance(v, str) and v.strip() and v.isprintable() for v in value)):
-        raise sec._err("scopes", "must be a non-empty list of strings")
+        raise sec.fail("scopes", "must be a non-empty list of strings")
     return tuple(v.strip() for v in value)
 
 

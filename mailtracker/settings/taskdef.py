@@ -16,6 +16,7 @@ from mailtracker.errors import TaskDefinitionError
 from mailtracker.followup.definition import Followups, followups_from_mapping
 from mailtracker.inbound.judge.rules import InboundRules, rules_from_mapping
 from mailtracker.resources import data_dir
+from mailtracker.tables import Table
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,55 +119,48 @@ def load_task(path: Path) -> TaskDefinition:
         raise TaskDefinitionError(f"invalid task definition: {exc!r}", path=path) from None
 
 
-def _str(table: Mapping[str, Any], key: str, where: str, path: Path,
-         default: str | None = None) -> str:
-    value = table.get(key, default)
-    if not isinstance(value, str) or not value:
-        raise TaskDefinitionError("must be a non-empty string", path=path, key=f"{where}.{key}")
-    return value
-
-
 def _build(data: Mapping[str, Any], path: Path) -> TaskDefinition:
-    task = data.get("task", {})
-    klik = data.get("klik", {})
+    top = Table(data, "", path, TaskDefinitionError)
+    top.unknown_keys({"task", "klik", "roles", "milestones", "inbound", "schedule", "events",
+                      "reminders", "escalations"})
+    task, klik = top.table("task"), top.table("klik")
+    task.unknown_keys({"key", "title", "title_en", "project"})
+    klik.unknown_keys({"not_started", "in_progress", "done", "require_acknowledgement"})
+    for r in top.tables("roles"):
+        r.unknown_keys({"key", "label_da", "label_en", "required", "template"})
+    for m in top.tables("milestones"):
+        m.unknown_keys({"key", "label_da", "label_en", "source", "manual", "optional",
+                        "next_da", "next_en"})
     roles = tuple(
-        RoleDef(key=_str(r, "key", f"roles[{i}]", path),
-                label_da=_str(r, "label_da", f"roles[{i}]", path),
-                label_en=_str(r, "label_en", f"roles[{i}]", path),
-                required=bool(r.get("required", False)),
-                template=_str(r, "template", f"roles[{i}]", path, f"orientation-{r.get('key')}"))
-        for i, r in enumerate(data.get("roles", []))
-    )
+        RoleDef(key=r.req_str("key"), label_da=r.req_str("label_da"),
+                label_en=r.req_str("label_en"), required=r.flag("required", False),
+                template=r.req_str("template", f"orientation-{r.data.get('key')}"))
+        for r in top.tables("roles"))
     if not roles:
-        raise TaskDefinitionError("defines no roles", path=path, key="roles")
+        raise top.fail("roles", "defines no roles")
     milestones = tuple(
-        MilestoneDef(key=_str(m, "key", f"milestones[{i}]", path),
-                     label_da=_str(m, "label_da", f"milestones[{i}]", path),
-                     label_en=_str(m, "label_en", f"milestones[{i}]", path),
-                     source=m.get("source", "manual"),
-                     manual=bool(m.get("manual", m.get("source", "manual") == "manual")),
-                     optional=bool(m.get("optional", False)),
-                     next_da=m.get("next_da", ""), next_en=m.get("next_en", ""))
-        for i, m in enumerate(data.get("milestones", []))
-    )
-    try:
-        rules = rules_from_mapping(data.get("inbound", {}))
-    except TaskDefinitionError as exc:
-        raise TaskDefinitionError(str(exc), path=path) from None
+        MilestoneDef(key=m.req_str("key"), label_da=m.req_str("label_da"),
+                     label_en=m.req_str("label_en"),
+                     source=m.choice("source", "manual", ("mail", "manual", "derived")),
+                     manual=m.flag("manual", m.data.get("source", "manual") == "manual"),
+                     optional=m.flag("optional", False),
+                     next_da=m.text("next_da", "") or "", next_en=m.text("next_en", "") or "")
+        for m in top.tables("milestones"))
+    rules = rules_from_mapping(data.get("inbound", {}), path=path)
     followups = followups_from_mapping(data, roles={r.key for r in roles},
                                        milestones={m.key for m in milestones}, path=path)
     return TaskDefinition(
-        key=_str(task, "key", "task", path),
-        title=_str(task, "title", "task", path),
-        title_en=_str(task, "title_en", "task", path, task.get("title")),
-        project=task.get("project", ""),
+        key=task.req_str("key"),
+        title=task.req_str("title"),
+        title_en=task.req_str("title_en", task.data.get("title")),
+        project=task.text("project", "") or "",
         path=path,
         klik=KlikLabels(
-            not_started=_str(klik, "not_started", "klik", path, "ikke startet"),
-            in_progress=_str(klik, "in_progress", "klik", path, "i gang"),
-            done=_str(klik, "done", "klik", path, "fuldført"),
+            not_started=klik.req_str("not_started", "ikke startet"),
+            in_progress=klik.req_str("in_progress", "i gang"),
+            done=klik.req_str("done", "fuldført"),
         ),
-        require_acknowledgement=bool(klik.get("require_acknowledgement", False)),
+        require_acknowledgement=klik.flag("require_acknowledgement", False),
         roles=roles,
         milestones=milestones,
         rules=rules,

@@ -1,4 +1,5 @@
-"""The state: TinyDB views and transactions over the state file (the only tinydb importer).
+"""The store: typed views and transactions over the state file, through TinyDB (here and in
+``store.buffer``, its extension points; nothing else imports TinyDB).
 
 Guarantees:
 - Each transaction is written once, atomically and durably, or not at all: a full disk or a
@@ -14,16 +15,20 @@ Guarantees:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tinydb import TinyDB
-from tinydb.storages import Storage
-from tinydb.table import Table
+from tinydb.table import Document, Table
 
-from mailtracker.errors import StoreError, StoreLockedError
+from mailtracker.errors import (
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+    StoreRestoredError,
+)
 from mailtracker.models import (
     DeliveryState,
     DeltaLink,
@@ -38,10 +43,11 @@ from mailtracker.models import (
     UnparseableEntry,
     Watermark,
 )
-from mailtracker.store import handled
+from mailtracker.store import handled, ledger
+from mailtracker.store.buffer import StateDB, TransactionStorage
 from mailtracker.store.codec import from_doc, to_doc
 from mailtracker.store.handled import HandledIndex
-from mailtracker.store.storage import Ops, StateFile
+from mailtracker.store.storage import Loaded, StateFile
 
 SCHEMA_VERSION = 2
 
@@ -62,61 +68,6 @@ def doc_id_for(key: str) -> int:
     """A stable document id from a natural key (48 bits of SHA-256: no practical collisions);
     the handled-message index stores the same 48 bits as hex (``handled.key_for``)."""
     return int(handled.key_for(key), 16)
-
-
-class _BufferStorage(Storage):
-    """In-memory TinyDB storage for one transaction; the Store writes it out once.
-
-    ``data`` may share its tables with other views of the same file (the Store keeps the
-    last state it read or wrote): a table is copied before its first change, and documents
-    are replaced, never changed in place.
-    """
-
-    def __init__(self, data: dict[str, Any]):
-        self.data = dict(data)
-        self.dirty = False
-        self.closed = False
-        self._copied: set[str] = set()
-        self._touched: dict[tuple[str, str], None] = {}  # (table, doc_id), in order
-        self._untracked = False  # TinyDB itself wrote: the changes are not known one by one
-
-    def read(self) -> dict[str, Any]:
-        return self.data
-
-    def write(self, data: dict[str, Any]) -> None:
-        self._check_open()
-        self.data = data
-        self.dirty = True
-        self._untracked = True
-
-    def touch(self, table: str, doc_id: str) -> None:
-        self._touched[(table, doc_id)] = None
-
-    def rewrite_all(self) -> None:
-        """Write the whole state, not a journal line: nothing removed may stay on disk."""
-        self._check_open()
-        self.dirty = True
-        self._untracked = True
-
-    def ops(self) -> Ops | None:
-        """The changed documents' final versions (None: removed); None if not known."""
-        if self._untracked:
-            return None
-        return [[t, d, self.data.get(t, {}).get(d)] for t, d in self._touched]
-
-    def table_for_write(self, name: str) -> dict[str, Any]:
-        """The table ``name`` (created if missing), safe to change in place."""
-        self._check_open()
-        self.dirty = True
-        if name not in self._copied:
-            self.data[name] = dict(self.data.get(name, {}))
-            self._copied.add(name)
-        table: dict[str, Any] = self.data[name]
-        return table
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise StoreError("write after the end of its transaction (a bug)")
 
 
 def _migrate(data: dict[str, Any] | None, path: Path) -> dict[str, Any]:
@@ -225,29 +176,15 @@ class StateView:
 class Transaction(StateView):
     """Read and write access under the store's lock; written once when the block ends."""
 
-    # Writes change the buffered data directly, as TinyDB's upsert/insert/remove would, but
-    # without TinyDB re-keying the whole table on every call (a 20,000-record table made
-    # each write cost milliseconds).
-
-    def _writable(self, table: str, doc_ids: Iterable[str]) -> dict[str, Any]:
-        storage = self._db.storage
-        assert isinstance(storage, _BufferStorage)
-        for did in doc_ids:
-            storage.touch(table, did)
-        return storage.table_for_write(table)
+    # Every write goes through TinyDB's table API (upsert, remove); the store's Table class
+    # (``store.buffer``) applies it in place and records the document for the journal.
 
     def _put(self, table: str, key: str, doc: dict[str, Any]) -> None:
-        did = str(doc_id_for(key))
-        docs = self._writable(table, [did])
-        # Like TinyDB's upsert: fields of a stored document that ``doc`` lacks are kept.
-        docs[did] = {**docs.get(did, {}), **doc}
+        # TinyDB's upsert: fields of a stored document that ``doc`` lacks are kept.
+        self._table(table).upsert(Document(doc, doc_id=doc_id_for(key)))
 
     def _remove(self, table: str, key: str) -> bool:
-        did = str(doc_id_for(key))
-        if did not in self._raw(table):
-            return False
-        del self._writable(table, [did])[did]
-        return True
+        return bool(self._table(table).remove(doc_ids=[doc_id_for(key)]))
 
     def put_recipient(self, recipient: Recipient) -> None:
         self._put("recipients", recipient.key, to_doc(recipient))
@@ -277,8 +214,9 @@ class Transaction(StateView):
                 new.setdefault(key, e)
         if new:
             chunks = handled.added_chunks(self._raw(handled.TABLE), new.items())
-            docs = self._writable(handled.TABLE, list(chunks))
-            docs.update(chunks)
+            table = self._table(handled.TABLE)
+            for doc_id, chunk in chunks.items():
+                table.upsert(Document(chunk, doc_id=int(doc_id)))
             for key in new:
                 index.add_key(key)
 
@@ -323,7 +261,7 @@ class Transaction(StateView):
         removed += len(tl_ids)
         if removed:
             storage = self._db.storage
-            assert isinstance(storage, _BufferStorage)
+            assert isinstance(storage, TransactionStorage)
             storage.rewrite_all()
         return removed
 
@@ -335,6 +273,7 @@ class Store:
         self.path = path
         self.lock_timeout = lock_timeout
         self._file = StateFile(path, lambda data: _migrate(data, path))
+        self._ledger = ledger.SentLedger(path)
         self.warnings: tuple[str, ...] = ()  # what the last read found wrong but survivable
 
     def _lock_path(self, suffix: str) -> Path:
@@ -343,11 +282,11 @@ class Store:
     def snapshot(self) -> StateView:
         """A consistent read-only view (no lock needed: writes replace the snapshot
         atomically, and a reader never replays a journal line that was not committed)."""
-        loaded = self._file.load()
+        loaded = self._load()
         self.warnings = loaded.warnings
-        buffer = _BufferStorage(loaded.data)
+        buffer = TransactionStorage(loaded.data)
         buffer.closed = True
-        return StateView(TinyDB(storage=lambda: buffer))
+        return StateView(StateDB(storage=lambda: buffer))
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -356,27 +295,79 @@ class Store:
         with self._locked(".lock", self.lock_timeout, lambda: StoreLockedError(
                 f"another mailtracker process has been writing the state for more than "
                 f"{self.lock_timeout:g} s; try again when it is done", path=self.path)):
-            buffer: _BufferStorage | None = None
+            buffer: TransactionStorage | None = None
             try:
-                loaded = self._file.load()
-                buffer = _BufferStorage(loaded.data)
-                db = TinyDB(storage=lambda: buffer)
+                loaded = self._load()
+                buffer = TransactionStorage(loaded.data)
+                db = StateDB(storage=lambda: buffer)
                 yield Transaction(db)
                 if buffer.dirty or loaded.snapshot is None:
-                    self._file.commit(loaded, buffer.data, buffer.ops())
+                    ops = buffer.ops()
+                    self._file.commit(loaded, buffer.data, ops)
+                    self._record_sent(loaded.data, buffer.data, ops)
             finally:
                 if buffer is not None:
                     buffer.closed = True
 
+    def _load(self) -> Loaded:
+        """The state; a missing state file whose ledger shows mail went out is damaged, never
+        a new task (everyone would be sent their mail again)."""
+        loaded = self._file.load()
+        if loaded.snapshot is None and self._ledger.read():
+            raise StoreCorruptError(
+                f"the state file is missing, but {self._ledger.path.name} shows mail was sent "
+                "from it: restore the state file and its journal from your backup (nothing "
+                "was written)", path=self.path)
+        return loaded
+
+    def _record_sent(self, before: dict[str, Any], after: dict[str, Any],
+                     ops: list[list[Any]] | None) -> None:
+        """Keep the sent ledger in step with what the commit marked as gone (or removed)."""
+        old, new = before.get("outbox", {}), after.get("outbox", {})
+        if ops is not None:
+            touched = {str(op[1]) for op in ops if op[0] == "outbox"}
+            old = {d: old[d] for d in touched if d in old}
+            new = {d: new[d] for d in touched if d in new}
+        was, now = ledger.gone(old), ledger.gone(new)
+        added = [ledger.Entry(k, str(doc.get("message_id")),
+                              str(doc.get("sent_at") or doc.get("updated_at") or ""))
+                 for k, doc in now.items() if k not in was]
+        if added:
+            self._ledger.append(added)
+        dropped = {ledger.key_of(doc) for d, doc in old.items() if d not in new}
+        if dropped:
+            self._ledger.remove(dropped)
+
+    def unrecorded_sends(self) -> list[ledger.Entry]:
+        """Mail the ledger says left that the state file does not know: the state is older
+        than what happened (restored from an older backup?)."""
+        known = ledger.gone(self._load().data.get("outbox", {}))
+        return [e for e in self._ledger.read().values() if e.key not in known]
+
+    def refuse_if_restored(self) -> None:
+        """Raise StoreRestoredError before sending anything if the state is older than the
+        mail that went out (see ``store.ledger``)."""
+        missing = self.unrecorded_sends()
+        if missing:
+            first = min(missing, key=lambda e: e.at)
+            raise StoreRestoredError(
+                f"{len(missing)} mail(s) went out that this state file does not record (the "
+                f"first: {first.message_id} at {first.at[:16].replace('T', ' ')}); was it "
+                "restored from an older backup? Nothing was sent. Compare "
+                "'mailtracker status' with the Sent folder; if the state is right after all, "
+                f"move {self._ledger.path.name} aside and run again", path=self.path)
+
     @contextmanager
     def _locked(self, suffix: str, timeout: float,
                 busy: Callable[[], StoreLockedError]) -> Iterator[None]:
-        from mailtracker.store.flock import Lock, LockTimeout, NestedLock
+        from filelock import FileLock, Timeout
 
-        lock = Lock(self._lock_path(suffix))
+        # flock(2) through filelock, on a file beside the state file; each FileLock opens its
+        # own file, so two threads exclude each other as two processes do.
+        lock = FileLock(self._lock_path(suffix), is_singleton=False)
         try:
-            lock.acquire(timeout)
-        except (LockTimeout, NestedLock):  # nested: held by this thread, busy all the same
+            lock.acquire(timeout=timeout)
+        except Timeout:
             raise busy() from None
         except OSError as exc:
             raise StoreError(f"cannot open the lock file {self.path.name}{suffix}: "

@@ -14,13 +14,14 @@ a Danish compound ("opsætningsvejledning") or before an ending ("serviceaftalen
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from mailtracker.errors import TaskDefinitionError
 from mailtracker.inbound.mail.text import normalise
+from mailtracker.tables import Table
 
 SenderClass = Literal["eg", "signing"]
 Where = Literal["subject", "anywhere"]
@@ -112,131 +113,85 @@ _NEGATIVE_KEYS = {"name", "description", "from_domains", "subject_words", "words
 def rules_from_mapping(data: Mapping[str, Any], *, path: Path | None = None,
                        prefix: str = "inbound") -> InboundRules:
     """Validate the ``[inbound]`` table. Raises ``TaskDefinitionError`` naming the key."""
-    if not isinstance(data, Mapping):
-        raise TaskDefinitionError("must be a table", path=path, key=prefix)
-    _no_unknown(data, _TOP_KEYS, prefix, path)
-    merged = {**DEFAULT_MAPPING, **data}
-    words = tuple(normalise(w) for w in _str_list(merged["eg_document_words"],
-                                                   f"{prefix}.eg_document_words", path))
-    rules = tuple(_rule(r, f"{prefix}.rules[{i}]", path)
-                  for i, r in enumerate(_tables(merged["rules"], f"{prefix}.rules", path)))
-    negatives = tuple(_negative(n, f"{prefix}.negatives[{i}]", path)
-                      for i, n in enumerate(_tables(merged["negatives"],
-                                                    f"{prefix}.negatives", path)))
-    _unique([r.name for r in rules], f"{prefix}.rules", path)
-    _unique([n.name for n in negatives], f"{prefix}.negatives", path)
+    given = Table(data, prefix, path, TaskDefinitionError)
+    given.unknown_keys(_TOP_KEYS)
+    t = Table({**DEFAULT_MAPPING, **data}, prefix, path, TaskDefinitionError)
+    words = tuple(normalise(w) for w in t.strings("eg_document_words"))
+    rules = tuple(_rule(r) for r in t.tables("rules"))
+    negatives = tuple(_negative(n) for n in t.tables("negatives"))
+    _unique(t, "rules", [r.name for r in rules])
+    _unique(t, "negatives", [n.name for n in negatives])
     return InboundRules(rules=rules, negatives=negatives, eg_document_words=words)
 
 
-def _rule(data: Mapping[str, Any], key: str, path: Path | None) -> MilestoneRule:
-    _no_unknown(data, _RULE_KEYS, key, path)
-    senders = _str_list(data.get("senders", ["eg"]), f"{key}.senders", path)
+def _rule(t: Table) -> MilestoneRule:
+    t.unknown_keys(_RULE_KEYS)
+    senders = t.strings("senders", ("eg",))
     if not senders or any(s not in SENDER_CLASSES for s in senders):
-        raise TaskDefinitionError(f"must list one or more of {', '.join(SENDER_CLASSES)}",
-                                  path=path, key=f"{key}.senders")
-    where = data.get("where", "anywhere")
-    if where not in ("subject", "anywhere"):
-        raise TaskDefinitionError('must be "subject" or "anywhere"', path=path,
-                                  key=f"{key}.where")
-    calendar = data.get("calendar")
+        raise t.fail("senders", f"must list one or more of {', '.join(SENDER_CLASSES)}")
+    where = t.choice("where", "anywhere", ("subject", "anywhere"))
+    calendar = t.data.get("calendar")
     if calendar is not None:
         if not isinstance(calendar, str) or calendar.upper() not in CALENDAR_METHODS:
-            raise TaskDefinitionError(f"must be one of {', '.join(CALENDAR_METHODS)}",
-                                      path=path, key=f"{key}.calendar")
+            raise t.fail("calendar", f"must be one of {', '.join(CALENDAR_METHODS)}")
         calendar = calendar.upper()
-    require_pdf = data.get("require_pdf", False)
-    if not isinstance(require_pdf, bool):
-        raise TaskDefinitionError("must be true or false", path=path, key=f"{key}.require_pdf")
-    groups = _word_groups(data.get("words", []), f"{key}.words", path)
+    groups = _word_groups(t, "words")
     if not groups and calendar is None:
-        raise TaskDefinitionError("a rule needs words or a calendar method", path=path, key=key)
+        raise t.fail(None, "a rule needs words or a calendar method")
     return MilestoneRule(
-        name=_name(data.get("name"), f"{key}.name", path),
-        milestone=_name(data.get("milestone"), f"{key}.milestone", path),
+        name=t.name("name"),
+        milestone=t.name("milestone"),
         senders=cast(tuple[SenderClass, ...], tuple(dict.fromkeys(senders))),
         words=groups,
         where=cast(Where, where),
         calendar=calendar,
-        require_pdf=require_pdf,
+        require_pdf=t.flag("require_pdf", False),
     )
 
 
-def _negative(data: Mapping[str, Any], key: str, path: Path | None) -> NegativeRule:
-    _no_unknown(data, _NEGATIVE_KEYS, key, path)
-    domains = tuple(d.strip().lower().lstrip("@").rstrip(".")
-                    for d in _str_list(data.get("from_domains", []), f"{key}.from_domains",
-                                       path))
+def _negative(t: Table) -> NegativeRule:
+    t.unknown_keys(_NEGATIVE_KEYS)
+    domains = tuple(d.lstrip("@").rstrip(".") for d in t.str_list("from_domains", ()))
     if any(not d or "@" in d or " " in d for d in domains):
-        raise TaskDefinitionError("must be domain names such as kp.dk", path=path,
-                                  key=f"{key}.from_domains")
-    subject_words = _words(data.get("subject_words", []), f"{key}.subject_words", path)
-    words = _words(data.get("words", []), f"{key}.words", path)
+        raise t.fail("from_domains", "must be domain names such as kp.dk")
+    subject_words = _words(t, "subject_words", t.strings("subject_words"))
+    words = _words(t, "words", t.strings("words"))
     if not (domains or subject_words or words):
-        raise TaskDefinitionError("a negative needs from_domains, subject_words or words",
-                                  path=path, key=key)
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise TaskDefinitionError("must be a string", path=path, key=f"{key}.description")
-    return NegativeRule(name=_name(data.get("name"), f"{key}.name", path),
-                        description=" ".join(description.split()),
+        raise t.fail(None, "a negative needs from_domains, subject_words or words")
+    description = t.text("description", "") or ""
+    return NegativeRule(name=t.name("name"), description=" ".join(description.split()),
                         from_domains=domains, subject_words=subject_words, words=words)
 
 
-def _word_groups(value: Any, key: str, path: Path | None) -> tuple[tuple[str, ...], ...]:
+def _word_groups(t: Table, key: str) -> tuple[tuple[str, ...], ...]:
     """``["a", "b"]`` is one group (any of a, b); ``[["a"], ["b", "c"]]`` is a AND (b or c)."""
-    if not isinstance(value, list):
-        raise TaskDefinitionError("must be a list of words or a list of lists of words",
-                                  path=path, key=key)
-    if all(isinstance(v, str) for v in value):
-        return (_words(value, key, path),) if value else ()
-    if all(isinstance(v, list) for v in value):
-        groups = tuple(_words(v, f"{key}[{i}]", path) for i, v in enumerate(value))
+    value = t.data.get(key, [])
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return (_words(t, key, value),) if value else ()
+    if isinstance(value, list) and all(isinstance(v, list) for v in value):
+        groups = tuple(_words(t, f"{key}[{i}]", v) for i, v in enumerate(value))
         if any(not g for g in groups):
-            raise TaskDefinitionError("a word group must not be empty", path=path, key=key)
+            raise t.fail(key, "a word group must not be empty")
         return groups
-    raise TaskDefinitionError("must be a list of words or a list of lists of words, "
-                              "not a mix", path=path, key=key)
+    raise t.fail(key, "must be a list of words or a list of lists of words, not a mix"
+                 if isinstance(value, list) else
+                 "must be a list of words or a list of lists of words")
 
 
-def _words(value: Any, key: str, path: Path | None) -> tuple[str, ...]:
-    words = tuple(normalise(w) for w in _str_list(value, key, path))
+def _words(t: Table, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise t.fail(key, "must be a list of strings")
+    words = tuple(normalise(w) for w in value)
     if any(not w for w in words):
-        raise TaskDefinitionError("words must not be empty", path=path, key=key)
+        raise t.fail(key, "words must not be empty")
     return words
 
 
-def _str_list(value: Any, key: str, path: Path | None) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TaskDefinitionError("must be a list of strings", path=path, key=key)
-    return list(value)
-
-
-def _tables(value: Any, key: str, path: Path | None) -> Sequence[Mapping[str, Any]]:
-    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
-        raise TaskDefinitionError("must be an array of tables", path=path, key=key)
-    return value
-
-
-def _name(value: Any, key: str, path: Path | None) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise TaskDefinitionError(f"must be a lower-case name such as guide_received, "
-                                  f"not {value!r}", path=path, key=key)
-    return value
-
-
-def _no_unknown(data: Mapping[str, Any], allowed: set[str], key: str,
-                path: Path | None) -> None:
-    for name in data:
-        if name not in allowed:
-            raise TaskDefinitionError(f"unknown key (allowed: {', '.join(sorted(allowed))})",
-                                      path=path, key=f"{key}.{name}")
-
-
-def _unique(names: list[str], key: str, path: Path | None) -> None:
+def _unique(t: Table, key: str, names: list[str]) -> None:
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise TaskDefinitionError(f"duplicate name {name!r}", path=path, key=key)
+            raise t.fail(key, f"duplicate name {name!r}")
         seen.add(name)
 
 

@@ -13,9 +13,6 @@ from datetime import UTC, date, datetime, time, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import icalendar
-from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
-
 from mailtracker.inbound.mail.facts import CalendarEvent
 
 DEFAULT_ZONE = "Europe/Copenhagen"
@@ -62,6 +59,8 @@ def parse_calendar(text: str, *, method_hint: str | None = None) -> tuple[
     calendar itself has no METHOD.
     """
     try:
+        import icalendar  # 30 ms: only when a mail has a calendar part
+
         cal = icalendar.Calendar.from_ical(text)
     except Exception as exc:  # icalendar raises ValueError, KeyError, … on bad input
         return (), (f"calendar part cannot be parsed: {type(exc).__name__}",)
@@ -123,6 +122,8 @@ def resolve_zone(tzid: str) -> tzinfo | None:
     """An IANA zone for a TZID: Windows names, IANA names, "UTC"; ``None`` if unknown."""
     name = tzid.strip().strip('"')
     key = name.lower()
+    from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
+
     iana = _WINDOWS_ZONES.get(key) or WINDOWS_TO_OLSON.get(name)
     if iana is None and "/" in name:
         iana = name
