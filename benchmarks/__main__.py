@@ -110,7 +110,7 @@ def run_graph(plan: Plan, rows: list[Row]) -> None:
         _say(f"Graph initial sync of {size:,} and a no-news poll")
         rows.extend(graph_cases.sync_cases(root, ca, server, size, reps=plan.scan_reps))
         _say(f"Graph notify to {plan.recipients} recipients")
-        rows.append(graph_cases.notify_case(root, ca, server, plan.recipients, reps=plan.reps))
+        rows.extend(graph_cases.notify_case(root, ca, server, plan.recipients, reps=plan.reps))
     finally:
         server.stop()
 

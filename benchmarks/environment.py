@@ -157,14 +157,16 @@ class Environment:
 
 
 def copy_store(source: Path, target: Path) -> None:
-    """Copy a state file and its journal (``<file>.journal``, if any) over another's; lock
-    files are left alone."""
+    """Copy a state file with its journal (``<file>.journal``) and sent ledger
+    (``<file>.sent``), if any, over another's; lock files are left alone. (The ledger goes
+    with the state: a state put back without it would be refused as restored from a backup.)"""
     shutil.copyfile(source, target)
-    journal, target_journal = _journal(source), _journal(target)
-    if journal.exists():
-        shutil.copyfile(journal, target_journal)
-    else:
-        target_journal.unlink(missing_ok=True)
+    for suffix in (".journal", ".sent"):
+        extra, target_extra = (p.with_name(p.name + suffix) for p in (source, target))
+        if extra.exists():
+            shutil.copyfile(extra, target_extra)
+        else:
+            target_extra.unlink(missing_ok=True)
 
 
 def _journal(state_file: Path) -> Path:
