@@ -15,7 +15,7 @@ import pytest
 from mailtracker.demo.mailbox import MemoryAccount, MemoryMailbox, MemoryMailboxes
 from mailtracker.errors import ImapError, ImapFolderError
 from mailtracker.inbound import imap
-from mailtracker.inbound.imap import Mailbox
+from mailtracker.inbound.mailbox import Mailbox
 from tests.plugins.dovecot import Dovecot
 
 ZONE = timezone(timedelta(hours=2))

@@ -73,3 +73,19 @@ def test_no_import_runs_back_up(package: str) -> None:
              for name in sorted(_imports(path))
              if name.startswith(NO_ARROW[package])]
     assert wrong == []
+
+
+@pytest.mark.parametrize("module, absent", [
+    # a poll that finds nothing new: no parser, no judge, no calendar, no IMAP library yet
+    ("inbound.poller", ["mailtracker.inbound.mail.parse", "mailtracker.inbound.judge.classify",
+                        "icalendar", "imapclient", "jinja2", "msal", "httpx", "email.parser"]),
+    # status and the CLI: no mail libraries at all
+    ("cli", ["imapclient", "aiosmtplib", "icalendar", "jinja2", "msal", "httpx"]),
+    ("task.report", ["imapclient", "aiosmtplib", "icalendar", "jinja2", "msal", "httpx"]),
+])
+def test_heavy_libraries_are_imported_only_when_used(module: str, absent: list[str]) -> None:
+    code = (f"import sys, mailtracker.{module}\n"
+            f"print(','.join(m for m in {absent!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "", f"mailtracker.{module} imports {out.stdout.strip()}"

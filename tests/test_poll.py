@@ -163,18 +163,18 @@ def test_crash_before_the_batch_write_reprocesses_exactly_once(
     for name in EG_MAILS:
         inbox.deliver(eml(name))
     _answers(inbox)
-    import mailtracker.inbound.poller as poller
+    import mailtracker.inbound.pipeline as pipeline
 
-    real = poller._write_batch
+    real = pipeline._write_batch
 
     def crash(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt  # the process dies after fetching, before writing
 
-    monkeypatch.setattr(poller, "_write_batch", crash)
+    monkeypatch.setattr(pipeline, "_write_batch", crash)
     died = inbox.ws.cli("poll")
     assert died.exit_code == 130
     assert _milestones(inbox.ws.status()) == {}
-    monkeypatch.setattr(poller, "_write_batch", real)
+    monkeypatch.setattr(pipeline, "_write_batch", real)
     inbox.poll()
     inbox.poll()
     status = inbox.ws.status()

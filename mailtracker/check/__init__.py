@@ -47,6 +47,7 @@ from mailtracker.errors import (
 )
 from mailtracker.inbound import imap
 from mailtracker.inbound.judge.trust import TrustSettings
+from mailtracker.inbound.mailbox import FolderState
 from mailtracker.outbound.smtp import SmtpSession
 from mailtracker.settings.config import ImapSettings, SecretSource, SmtpSettings
 from mailtracker.settings.secrets import Section, fetch_token, resolve_password, token_renewer
@@ -368,7 +369,7 @@ def _mailbox_checks(g: _Group, mailbox: imap.ImapMailbox, s: ImapSettings,
             g.add("move_to", "ok", f"{s.move_to!r} exists")
 
 
-def _authserv(g: _Group, mailbox: imap.ImapMailbox, state: imap.FolderState,
+def _authserv(g: _Group, mailbox: imap.ImapMailbox, state: FolderState,
               trust: TrustSettings) -> None:
     if state.exists == 0:
         g.add("authserv_id", "warn", "the folder is empty: no mail to learn the authserv-id "

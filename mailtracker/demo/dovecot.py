@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from mailtracker.errors import DemoFailedError
 from mailtracker.inbound import imap
+from mailtracker.inbound.mailbox import Mailbox
 from mailtracker.settings.config import ImapSettings, SecretSource
 
 if TYPE_CHECKING:
@@ -283,7 +284,7 @@ class DovecotMailboxes:
     def open(self, address: str) -> imap.ImapMailbox:
         return imap.connect(self.settings(address), self.accounts[address.lower()])
 
-    def poll_connect(self) -> Callable[[], imap.Mailbox] | None:
+    def poll_connect(self) -> Callable[[], Mailbox] | None:
         return None  # the poller connects by the workspace's [imap], as 'mailtracker poll'
 
     def imap_config(self) -> dict[str, object]:

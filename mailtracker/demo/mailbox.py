@@ -1,6 +1,6 @@
 """The demo's in-memory mailboxes, behind the poller's mailbox interface.
 
-The interface is :class:`~mailtracker.inbound.imap.Mailbox`, the one the poller uses for IMAP.
+The interface is :class:`~mailtracker.inbound.mailbox.Mailbox`, the one the poller uses for IMAP.
 :class:`MemoryAccount` is one address's folders (what a server stores); the demo MX delivers
 into it, possibly from the SMTP server's thread. :class:`MemoryMailbox` is one session on an
 account (what a connection sees): it selects a folder and answers the poller's questions the
@@ -21,7 +21,7 @@ from datetime import date, datetime
 from typing import Protocol
 
 from mailtracker.errors import ImapError, ImapFolderError
-from mailtracker.inbound.imap import HEADER_BATCH, FolderState, HeaderInfo, Mailbox
+from mailtracker.inbound.mailbox import HEADER_BATCH, FolderState, HeaderInfo, Mailbox
 
 MEMORY_HOST = "in-memory mailbox"
 # UIDVALIDITY differs per folder and per run, as on a real server.
@@ -114,7 +114,7 @@ def folder_key(name: str) -> str:
 
 
 class MemoryMailbox:
-    """A session on a :class:`MemoryAccount`; see :class:`~mailtracker.inbound.imap.Mailbox`."""
+    """A session on a :class:`MemoryAccount`; see :class:`~mailtracker.inbound.mailbox.Mailbox`."""
 
     def __init__(self, account: MemoryAccount):
         self._account = account

@@ -28,7 +28,7 @@ from mailtracker.app import App
 from mailtracker.errors import ConfigError, GraphError
 from mailtracker.graph import graph_settings, open_client
 from mailtracker.graph.http import IMMUTABLE_IDS, MAX_IN_FLIGHT, GraphClient
-from mailtracker.inbound.imap import HeaderInfo
+from mailtracker.inbound.mailbox import HeaderInfo
 from mailtracker.inbound.poller import PollReport, process_chunk
 from mailtracker.models import DeltaLink
 from mailtracker.settings.graphconfig import GraphSettings

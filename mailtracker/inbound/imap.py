@@ -21,9 +21,8 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
@@ -35,6 +34,7 @@ from mailtracker.errors import (
     ImapTimeoutError,
     ImapTlsError,
 )
+from mailtracker.inbound.mailbox import HEADER_BATCH, FolderState, HeaderInfo
 from mailtracker.settings.config import ImapSettings
 
 if TYPE_CHECKING:
@@ -47,58 +47,11 @@ _PROTOCOL_LOG = logging.getLogger("imapclient.imaplib")
 IDLE_ROUND_SECONDS = 25 * 60.0
 #: Without IDLE, how often ``wait_for_change`` asks the server with NOOP.
 POLL_INTERVAL_SECONDS = 30.0
-HEADER_BATCH = 500
 
 _HEADER_ITEMS = ("BODY.PEEK[HEADER]", "RFC822.SIZE", "FLAGS", "INTERNALDATE")
 # What a scan needs of every message: parsing size, flags and INTERNALDATE of all of them
 # took over a third of a big scan's fetch time, and only the few relevant ones need them.
 _LEAN_HEADER_ITEMS = ("BODY.PEEK[HEADER]",)
-
-
-@dataclass(frozen=True)
-class FolderState:
-    """What SELECT reported. ``uidnext`` is None if the server did not say."""
-
-    uidvalidity: int
-    uidnext: int | None
-    exists: int
-
-
-@dataclass(frozen=True)
-class HeaderInfo:
-    """One message's header block and metadata, as fetched without setting ``\\Seen``."""
-
-    uid: int
-    size: int
-    flags: tuple[str, ...]
-    header_bytes: bytes
-    internaldate: datetime | None  # timezone-aware when the server sent a zone
-
-
-class Mailbox(Protocol):
-    """The mailbox operations the poller needs; implemented over IMAP by :class:`ImapMailbox`."""
-
-    def select(self, folder: str) -> FolderState: ...
-
-    def uids_after(self, last_uid: int, since: date | None = None) -> list[int]: ...
-
-    def fetch_headers(self, uids: Sequence[int], batch: int = HEADER_BATCH, *,
-                      lean: bool = False) -> Iterator[HeaderInfo]: ...
-
-    def sizes_and_dates(self, uids: Sequence[int]
-                        ) -> dict[int, tuple[int, datetime | None]]: ...
-
-    def fetch_full_many(self, uids: Sequence[int]) -> dict[int, bytes]: ...
-
-    def add_keyword(self, uids: Sequence[int], keyword: str) -> None: ...
-
-    def move(self, uids: Sequence[int], folder: str) -> None: ...
-
-    def wait_for_change(self, timeout: float) -> bool: ...
-
-    def noop(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def connect(settings: ImapSettings, password: str, *,
