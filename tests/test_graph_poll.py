@@ -310,3 +310,23 @@ def test_poll_graph_once_is_the_api(graph_workspace: Workspace, fake_graph: Fake
     finally:
         reader.close()
     assert report.scanned == 1 and report.changes
+
+
+def test_without_internet_message_headers_the_real_headers_are_read(
+        graph_workspace: Workspace, fake_graph: FakeGraph) -> None:
+    """Should Graph leave out internetMessageHeaders, a reply is still recognised: the
+    screen reads the headers of its MIME, not the few fields the delta gave."""
+    from tests.inbound_mail import reply
+    from tests.plugins.workspace import THREE
+
+    graph_workspace.add_recipients(THREE[:1])
+    assert graph_workspace.cli("notify").exit_code == 0
+    row = graph_workspace.status()["recipients"][0]
+    fake_graph.mailboxes[MAILBOX].headers_in_delta = False
+    fake_graph.deliver(MAILBOX, reply(sender=row["email"], name="Søren",
+                                      to_message_id=row["message_id"], subject="SV: Hej"))
+    for i in range(3):
+        fake_graph.deliver(MAILBOX, noise(i))
+    result = poll(graph_workspace)
+    assert f"acknowledged: {row['email']} replied" in result.output
+    assert fake_graph.count("GET", "/$value") == 4  # each once: the headers came with it

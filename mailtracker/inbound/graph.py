@@ -58,6 +58,7 @@ class Entry:
     header_bytes: bytes
     received: datetime | None
     categories: tuple[str, ...]
+    headers_given: bool = True  # False: Graph gave no internetMessageHeaders
 
 
 class GraphReader:
@@ -187,18 +188,34 @@ class _Page:
     def __init__(self, reader: GraphReader, uids: Sequence[int], entries: Sequence[Entry]):
         self.reader = reader
         self.entries = dict(zip(uids, entries, strict=True))
+        self._bodies: dict[str, bytes] = {}  # fetched early for want of headers
 
     def fetch_headers(self, uids: Sequence[int], batch: int = 0, *,
                       lean: bool = False) -> Iterator[HeaderInfo]:
+        """The headers Graph gave; for a message it gave none of, the real ones from its
+        MIME (fetched now, and kept for the full fetch), so the screen never judges on the
+        few fields the delta had (a reply's In-Reply-To would be missing)."""
+        blind = [self.entries[u].id for u in uids if not self.entries[u].headers_given]
+        if blind:
+            self._bodies = self.reader.mime(blind)
         for uid in uids:
             e = self.entries[uid]
-            yield HeaderInfo(uid, 0, (), e.header_bytes, e.received)
+            head = e.header_bytes
+            if e.id in self._bodies:
+                raw = self._bodies[e.id]
+                cut = min((i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0),
+                          default=len(raw))
+                head = raw[:cut] + b"\r\n\r\n"
+            yield HeaderInfo(uid, 0, (), head, e.received)
 
     def sizes_and_dates(self, uids: Sequence[int]) -> dict[int, tuple[int, datetime | None]]:
         return {uid: (0, self.entries[uid].received) for uid in uids}
 
     def fetch_full_many(self, uids: Sequence[int]) -> dict[int, bytes]:
-        bodies = self.reader.mime([self.entries[u].id for u in uids])
+        bodies = dict(self._bodies)
+        missing = [self.entries[u].id for u in uids if self.entries[u].id not in bodies]
+        if missing:
+            bodies.update(self.reader.mime(missing))
         return {u: bodies[self.entries[u].id] for u in uids if self.entries[u].id in bodies}
 
     def add_keyword(self, uids: Sequence[int], keyword: str) -> None:
@@ -213,7 +230,8 @@ def _entry(raw: dict[str, Any]) -> Entry | None:
         return None
     received = _when(raw.get("receivedDateTime"))
     return Entry(str(raw["id"]), _header_block(raw), received,
-                 tuple(str(c) for c in raw.get("categories") or ()))
+                 tuple(str(c) for c in raw.get("categories") or ()),
+                 headers_given=bool(raw.get("internetMessageHeaders")))
 
 
 def _when(value: Any) -> datetime | None:

@@ -132,6 +132,7 @@ class Mailbox:
     folders: dict[str, Folder] = field(default_factory=dict)
     messages: dict[str, Message] = field(default_factory=dict)
     removed: list[tuple[int, str, str]] = field(default_factory=list)  # seq, folder, id
+    headers_in_delta: bool = True  # False: internetMessageHeaders never returned
 
     def well_known(self, name: str) -> Folder:
         return next(f for f in self.folders.values() if f.well_known == name)

@@ -248,7 +248,7 @@ def message_json(msg: Message, select: list[str] | None, box: Mailbox) -> dict[s
         "categories": list(msg.categories), "conversationId": "AAQk" + msg.id[-8:],
     }
     sent_items = box.well_known("sentitems").id
-    if not msg.is_draft and msg.folder != sent_items:
+    if not msg.is_draft and msg.folder != sent_items and box.headers_in_delta:
         full["internetMessageHeaders"] = msg.header_list()
     if full["internetMessageId"] is None:
         del full["internetMessageId"]
