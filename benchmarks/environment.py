@@ -157,15 +157,17 @@ class Environment:
 
 
 def copy_store(source: Path, target: Path) -> None:
-    """Copy a state file and its journal (``<file>.journal``, if any) over another's; lock
-    files are left alone."""
+    """Copy a state file with its journal and sent ledger (``<file>.journal``, ``<file>.sent``,
+    if any) over another's, so a repetition starts from exactly the earlier state; lock files
+    are left alone."""
     shutil.copyfile(source, target)
-    journal, target_journal = _journal(source), _journal(target)
-    if journal.exists():
-        shutil.copyfile(journal, target_journal)
-    else:
-        target_journal.unlink(missing_ok=True)
+    for suffix in (".journal", ".sent"):
+        beside, target_beside = _beside(source, suffix), _beside(target, suffix)
+        if beside.exists():
+            shutil.copyfile(beside, target_beside)
+        else:
+            target_beside.unlink(missing_ok=True)
 
 
-def _journal(state_file: Path) -> Path:
-    return state_file.with_name(state_file.name + ".journal")
+def _beside(state_file: Path, suffix: str) -> Path:
+    return state_file.with_name(state_file.name + suffix)
