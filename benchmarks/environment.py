@@ -157,17 +157,17 @@ class Environment:
 
 
 def copy_store(source: Path, target: Path) -> None:
-    """Copy a state file with its journal (``<file>.journal``) and sent ledger
-    (``<file>.sent``), if any, over another's; lock files are left alone. (The ledger goes
-    with the state: a state put back without it would be refused as restored from a backup.)"""
+    """Copy a state file with its journal and sent ledger (``<file>.journal``, ``<file>.sent``,
+    if any) over another's, so a repetition starts from exactly the earlier state; lock files
+    are left alone."""
     shutil.copyfile(source, target)
     for suffix in (".journal", ".sent"):
-        extra, target_extra = (p.with_name(p.name + suffix) for p in (source, target))
-        if extra.exists():
-            shutil.copyfile(extra, target_extra)
+        beside, target_beside = _beside(source, suffix), _beside(target, suffix)
+        if beside.exists():
+            shutil.copyfile(beside, target_beside)
         else:
-            target_extra.unlink(missing_ok=True)
+            target_beside.unlink(missing_ok=True)
 
 
-def _journal(state_file: Path) -> Path:
-    return state_file.with_name(state_file.name + ".journal")
+def _beside(state_file: Path, suffix: str) -> Path:
+    return state_file.with_name(state_file.name + suffix)

@@ -15,6 +15,7 @@ Guarantees:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,7 @@ from mailtracker.store.handled import HandledIndex
 from mailtracker.store.storage import Loaded, StateFile
 
 SCHEMA_VERSION = 2
+log = logging.getLogger("mailtracker.store")
 
 
 def _handled_chunks(data: dict[str, Any]) -> dict[str, Any]:
@@ -332,11 +334,15 @@ class Store:
         added = [ledger.Entry(k, str(doc.get("message_id")),
                               str(doc.get("sent_at") or doc.get("updated_at") or ""))
                  for k, doc in now.items() if k not in was]
-        if added:
-            self._ledger.append(added)
         dropped = {ledger.key_of(doc) for d, doc in old.items() if d not in new}
-        if dropped:
-            self._ledger.remove(dropped)
+        try:
+            if added:
+                self._ledger.append(added)
+            if dropped:
+                self._ledger.remove(dropped)
+        except OSError as exc:  # committed already: the ledger is a safety net, not the record
+            log.warning("could not update %s: %s", self._ledger.path.name,
+                        exc.strerror or exc)
 
     def unrecorded_sends(self) -> list[ledger.Entry]:
         """Mail the ledger says left that the state file does not know: the state is older
