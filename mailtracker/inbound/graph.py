@@ -1,5 +1,5 @@
 """Reading mail through Microsoft Graph: the folder's delta query, behind the poller's
-:class:`~mailtracker.inbound.poller.ChunkSource` interface (one pipeline, two adapters).
+:class:`~mailtracker.inbound.mailbox.ChunkSource` interface (one pipeline, two adapters).
 
 One poll follows ``@odata.nextLink`` pages until ``@odata.deltaLink``. Each page is one batch
 of the poller (screen on the headers → full MIME via ``$value`` only for mail the screen lets
@@ -183,7 +183,7 @@ class GraphReader:
 
 
 class _Page:
-    """One delta page as a :class:`~mailtracker.inbound.poller.ChunkSource` (local uids)."""
+    """One delta page as a :class:`~mailtracker.inbound.mailbox.ChunkSource` (local uids)."""
 
     def __init__(self, reader: GraphReader, uids: Sequence[int], entries: Sequence[Entry]):
         self.reader = reader

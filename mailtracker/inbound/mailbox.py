@@ -33,12 +33,9 @@ class HeaderInfo:
     internaldate: datetime | None  # timezone-aware when the server sent a zone
 
 
-class Mailbox(Protocol):
-    """The mailbox operations the poller needs; implemented over IMAP by :class:`ImapMailbox`."""
-
-    def select(self, folder: str) -> FolderState: ...
-
-    def uids_after(self, last_uid: int, since: date | None = None) -> list[int]: ...
+class ChunkSource(Protocol):
+    """What one batch of the poll pipeline needs of a mailbox: a :class:`Mailbox` over IMAP
+    (or the demo's memory), or a delta page over Microsoft Graph (``inbound/graph.py``)."""
 
     def fetch_headers(self, uids: Sequence[int], batch: int = HEADER_BATCH, *,
                       lean: bool = False) -> Iterator[HeaderInfo]: ...
@@ -51,6 +48,15 @@ class Mailbox(Protocol):
     def add_keyword(self, uids: Sequence[int], keyword: str) -> None: ...
 
     def move(self, uids: Sequence[int], folder: str) -> None: ...
+
+
+class Mailbox(ChunkSource, Protocol):
+    """The mailbox operations the poller needs; implemented over IMAP by
+    :class:`~mailtracker.inbound.imap.ImapMailbox` and in memory by the demo."""
+
+    def select(self, folder: str) -> FolderState: ...
+
+    def uids_after(self, last_uid: int, since: date | None = None) -> list[int]: ...
 
     def wait_for_change(self, timeout: float) -> bool: ...
 

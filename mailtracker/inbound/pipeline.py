@@ -12,14 +12,13 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Protocol
 
 from mailtracker.app import App
 from mailtracker.inbound.judge.classify import classify
 from mailtracker.inbound.judge.prefilter import is_candidate, screen, screen_blocks
 from mailtracker.inbound.mail.facts import IncomingMessage
 from mailtracker.inbound.mail.parse import parse
-from mailtracker.inbound.mailbox import HeaderInfo
+from mailtracker.inbound.mailbox import ChunkSource, HeaderInfo
 from mailtracker.inbound.poller import PollReport, inbound_settings
 from mailtracker.models import HandledMessage, UnparseableEntry
 from mailtracker.settings.config import ImapSettings
@@ -47,23 +46,6 @@ class _Item:
     msg: IncomingMessage
     cls: Classification
     received_at: datetime
-
-
-class ChunkSource(Protocol):
-    """What one batch needs of a mailbox: :class:`~mailtracker.inbound.mailbox.Mailbox` over
-    IMAP, or a delta page over Microsoft Graph (``inbound/graph.py``)."""
-
-    def fetch_headers(self, uids: Sequence[int], batch: int = ..., *,
-                      lean: bool = False) -> Iterator[HeaderInfo]: ...
-
-    def sizes_and_dates(self, uids: Sequence[int]
-                        ) -> dict[int, tuple[int, datetime | None]]: ...
-
-    def fetch_full_many(self, uids: Sequence[int]) -> dict[int, bytes]: ...
-
-    def add_keyword(self, uids: Sequence[int], keyword: str) -> None: ...
-
-    def move(self, uids: Sequence[int], folder: str) -> None: ...
 
 
 #: Saves the inbound position in the batch's transaction (IMAP watermark, Graph delta link).

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from mailtracker.app import App
 from mailtracker.errors import ConfigError
-from mailtracker.inbound.mailbox import Mailbox
+from mailtracker.inbound.mailbox import ChunkSource, Mailbox
 from mailtracker.models import Watermark
 from mailtracker.settings.config import ImapSettings
 from mailtracker.settings.graphconfig import GraphSettings
@@ -29,7 +29,7 @@ from mailtracker.settings.secrets import resolve_credential, token_renewer
 
 if TYPE_CHECKING:
     from mailtracker.inbound.imap import ImapMailbox
-    from mailtracker.inbound.pipeline import ChunkSource, SavePosition
+    from mailtracker.inbound.pipeline import SavePosition
     from mailtracker.store import Transaction
 
 log = logging.getLogger("mailtracker.poll")
