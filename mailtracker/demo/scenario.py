@@ -128,7 +128,8 @@ def run_demo(workdir: Path | None, keep: bool, lang: str, out: Callable[[str], N
     narrator = Narrator(out)
     try:
         with _poll_log_quiet():
-            result = _run(root, lang, narrator, mailbox)
+            result = _run(root, lang, narrator, mailbox,
+                          kept=workdir is not None or keep)
     finally:
         if workdir is None and not keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -165,7 +166,8 @@ def _prepare(workdir: Path | None) -> Path:
     return workdir.resolve()
 
 
-def _run(root: Path, lang: str, say: Narrator, mode: str) -> DemoResult:
+def _run(root: Path, lang: str, say: Narrator, mode: str, *, kept: bool = True
+         ) -> DemoResult:
     tls = make_demo_ca(root / "tls")
     password = secrets.token_urlsafe(18)
     owner = _person("sender").email
@@ -200,8 +202,12 @@ def _run(root: Path, lang: str, say: Narrator, mode: str) -> DemoResult:
     report = _report(app)
     status = to_json(report)
     _write_dossier(app, root / "report.html")
-    say.say(f"The KLIK dossier of this state: {root / 'report.html'} (open it in a browser; "
-            "'mailtracker report --pdf' prints it as a PDF)")
+    if kept:
+        say.say(f"The KLIK dossier of this state: {root / 'report.html'} (open it in a "
+                "browser; 'mailtracker report --pdf' prints it as a PDF)")
+    else:
+        say.say("The KLIK dossier of this state is written as report.html in the "
+                "workspace: run with --keep DIR to keep it and open it in a browser")
     say.outcome(report, root, [m.message_id for m in (*answers, *outside.in_order)])
     expected = Expected(
         agreement_id=outside.agreement.message_id, guide_id=outside.guide.message_id,
