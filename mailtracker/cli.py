@@ -367,7 +367,8 @@ def status(state: CliState, as_json: bool, fmt: str | None) -> None:
 
 @main.command()
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the dossier as one self-contained HTML file here.")
+              help="Write the dossier as one self-contained HTML file here ('-': standard "
+                   "output).")
 @click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write it as a PDF/A here (needs: pip install 'mailtracker[pdf]').")
 @click.option("--lang", type=click.Choice(["da", "en"]), default=None,
@@ -392,6 +393,12 @@ def report(state: CliState, html_path: Path | None, pdf_path: Path | None, lang:
                             warnings=(*app.store.warnings, *trust_warnings(app.settings)))
     html = render_html(dossier, app.task.followups.calendar.tz)
     written: dict[str, str] = {}
+    if html_path is not None and str(html_path) == "-":
+        if as_json or pdf_path is not None:
+            raise click.UsageError("--html - writes the page to standard output: it goes "
+                                   "alone, without --pdf or --json")
+        click.echo(html, nl=False)
+        return
     if html_path is not None:
         write_html(html_path, html)
         written["html"] = str(html_path)

@@ -382,6 +382,10 @@ def test_report_reads_only_and_refuses_what_it_cannot_do(
     assert nothing.exit_code == 2 and "give --html PATH, --pdf PATH or both" in nothing.output
     nowhere = report(ws, "--html", str(tmp_path / "missing" / "r.html"))
     assert nowhere.exit_code == 9 and "does not exist" in nowhere.output
+    piped = report(ws, "--html", "-")
+    assert piped.exit_code == 0 and piped.stdout.startswith("<!DOCTYPE html>")
+    assert "</html>" in piped.stdout and not (tmp_path / "-").exists()
+    assert report(ws, "--html", "-", "--json").exit_code == 2
     english = tmp_path / "en.html"
     assert report(ws, "--html", str(english), "--lang", "en").exit_code == 0
     tree = parse(english)
