@@ -9,7 +9,6 @@ same print stylesheet, as PDF/A-3b, with title, language and author in its metad
 from __future__ import annotations
 
 import functools
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from zoneinfo import ZoneInfo
 from mailtracker.dossier.model import Dossier
 from mailtracker.errors import InvalidInputError, MissingExtraError
 from mailtracker.resources import data_dir
+from mailtracker.store.storage import replace_file
 
 PDF_VARIANT = "pdf/a-3b"
 _DA_MONTHS = ("jan.", "feb.", "mar.", "apr.", "maj", "jun.", "jul.", "aug.", "sep.", "okt.",
@@ -131,16 +131,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise InvalidInputError(f"{path} is a directory; give a file name")
     if not path.parent.is_dir():
         raise InvalidInputError(f"the folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        # 0600 like the state file: the dossier names people and their addresses
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        replace_file(path, data)  # 0600 like the state file: the dossier names people
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise InvalidInputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailtracker.store.storage import replace_file
+
 SUFFIX = ".sent"
 GONE = ("sent", "unknown")  # an outbox state that means the mail may have left
 
@@ -67,9 +69,7 @@ class SentLedger:
         return entries
 
     def append(self, entries: Iterable[Entry]) -> None:
-        lines = b"".join(json.dumps({"k": e.key, "id": e.message_id, "at": e.at},
-                                    separators=(",", ":")).encode("ascii") + b"\n"
-                         for e in entries)
+        lines = _encode(entries)
         if not lines:
             return
         # Not fsynced: the state file's own commit is, and a line lost with the page cache
@@ -85,14 +85,10 @@ class SentLedger:
         """Drop the lines of ``keys`` (``forget``): the file is rewritten atomically."""
         if not keys or not self.path.exists():
             return
-        kept = [e for e in self.read().values() if e.key not in keys]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, b"".join(
-                json.dumps({"k": e.key, "id": e.message_id, "at": e.at},
-                           separators=(",", ":")).encode("ascii") + b"\n" for e in kept))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        replace_file(self.path, _encode(e for e in self.read().values() if e.key not in keys))
+
+
+def _encode(entries: Iterable[Entry]) -> bytes:
+    return b"".join(json.dumps({"k": e.key, "id": e.message_id, "at": e.at},
+                               separators=(",", ":")).encode("ascii") + b"\n"
+                    for e in entries)

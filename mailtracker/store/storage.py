@@ -178,7 +178,7 @@ class StateFile:
 
     def _start_journal(self, token: str) -> bytes:
         journal = MAGIC + token.encode("ascii")
-        _replace(self.journal_path, journal, suffix=".new")
+        replace_file(self.journal_path, journal, suffix=".new")
         return journal
 
     def rewrite(self, data: dict[str, Any], journal: bytes | None) -> None:
@@ -195,7 +195,7 @@ class StateFile:
         # than encoding them.
         payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         try:
-            _replace(self.path, payload, suffix=".tmp")
+            replace_file(self.path, payload, suffix=".tmp")
         except OSError as exc:
             raise _write_error(exc, self.path) from None
         self._last = None
@@ -244,7 +244,7 @@ def _keep_evidence(path: Path, raw: bytes) -> Path | None:
     if copy.exists():
         return copy
     try:
-        _replace(copy, raw, suffix=".tmp")
+        replace_file(copy, raw, suffix=".tmp")
     except OSError:
         return None
     return copy
@@ -283,8 +283,9 @@ def _append_line(path: Path, line: bytes, size_before: int) -> None:
         os.close(fd)
 
 
-def _replace(path: Path, content: bytes, *, suffix: str) -> None:
-    """Temp file in the same directory, fsync, ``os.replace``, fsync the directory."""
+def replace_file(path: Path, content: bytes, *, suffix: str = ".tmp") -> None:
+    """Write ``path`` whole or not at all, mode 0600: a temp file in the same directory,
+    fsync, ``os.replace``, fsync the directory. Raises ``OSError``."""
     import tempfile
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
