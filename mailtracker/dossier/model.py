@@ -16,8 +16,11 @@ from mailtracker.followup.schedule import Kind, escalation_deadline
 from mailtracker.models import (
     DeliveryState,
     MilestoneRecord,
+    Notification,
     NotificationState,
+    OrientedFact,
     QuarantineEntry,
+    Recipient,
     StateReader,
 )
 from mailtracker.settings.taskdef import TaskDefinition
@@ -87,11 +90,22 @@ class Dossier:
     warnings: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What the dossier reads of the stored state besides the report, read once."""
+
+    recipients: list[Recipient]
+    outbox: dict[str, Notification]  # the task's, by key
+    facts: tuple[OrientedFact, ...]
+
+
 def build_dossier(task: TaskDefinition, view: StateReader, *, organisation: str,
                   now: datetime, lang: str, state_file: Path, trust: str = "",
                   warnings: tuple[str, ...] = ()) -> Dossier:
     report = build_report(task, view, organisation=organisation, now=now, lang=lang,
                           warnings=warnings, trust=trust)
+    state = _State(view.recipients(), {n.key: n for n in view.notifications(task.key)},
+                   tuple(view.oriented_facts(task.key)))
     people = tuple(_person(task, r, lang) for r in report.recipients)
     rows = tuple(_milestone_row(task, key, report, lang) for key in _milestone_keys(task, report))
     fs = report.followups
@@ -109,11 +123,11 @@ def build_dossier(task: TaskDefinition, view: StateReader, *, organisation: str,
     return Dossier(
         lang=lang, title=task.title_for(lang), project=task.project, organisation=organisation,
         klik=klik_label(task, report.klik), klik_code=report.klik.value,
-        klik_since=_klik_since(task, view, report), klik_reason=report.klik_reason,
+        klik_since=_klik_since(task, state, report), klik_reason=report.klik_reason,
         next_step=report.next_step, now=now, state_file=str(state_file), trust=trust,
         people=people, milestones=rows, quarantine=tuple(view.quarantine(task.key)),
         followups=tuple(followups), overdue=tuple(overdue),
-        timeline=_timeline(task, view, report, lang), warnings=tuple(report.warnings))
+        timeline=_timeline(task, state, report, lang), warnings=tuple(report.warnings))
 
 
 def _label(task: TaskDefinition, key: str, lang: str) -> str:
@@ -157,19 +171,18 @@ def _dt(value: object) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) and value else None
 
 
-def _klik_since(task: TaskDefinition, view: StateReader, report: TaskReport) -> datetime | None:
+def _klik_since(task: TaskDefinition, state: _State, report: TaskReport) -> datetime | None:
     """When the KLIK status became what it is: the first orientation sent (i gang), or the
     moment the last required role was covered (fuldført)."""
     sent: dict[str, list[datetime]] = {}
-    notifications = {n.key: n for n in view.notifications(task.key)}
-    for r in view.recipients():
-        n = orientation_of(task, r, notifications)
+    for r in state.recipients:
+        n = orientation_of(task, r, state.outbox)
         if n is not None and n.state is NotificationState.SENT and n.sent_at is not None \
                 and n.delivery is not DeliveryState.BOUNCED:
             done_at = n.acknowledged_at if task.require_acknowledgement else n.sent_at
             if done_at is not None:
                 sent.setdefault(r.role, []).append(done_at)
-    for fact in view.oriented_facts(task.key):
+    for fact in state.facts:
         sent.setdefault(fact.role, []).append(fact.sent_at)
     if report.klik is KlikStatus.NOT_STARTED or not sent:
         return None
@@ -179,13 +192,13 @@ def _klik_since(task: TaskDefinition, view: StateReader, report: TaskReport) -> 
     return max(firsts) if firsts else None
 
 
-def _timeline(task: TaskDefinition, view: StateReader, report: TaskReport,
+def _timeline(task: TaskDefinition, state: _State, report: TaskReport,
               lang: str) -> Layout:
     da = lang != "en"
     marks: list[Mark] = []
     rules: list[Rule] = [Rule(report.now, "I dag" if da else "Today", "today")]
-    names = {r.email: r.name for r in view.recipients()}
-    notifications = view.notifications(task.key)
+    names = {r.email: r.name for r in state.recipients}
+    notifications = list(state.outbox.values())
     orientation_templates = {r.template for r in task.roles}
     for n in notifications:
         lane = names.get(n.recipient, n.recipient)
@@ -236,16 +249,15 @@ def _timeline(task: TaskDefinition, view: StateReader, report: TaskReport,
             rules.append(Rule(o.deadline, f"{word}: {_label(task, o.milestone, lang)}",
                               "overdue"))
         late = {o.milestone for o in fs.overdue}
-        outbox = {n.key: n for n in notifications}
         for es in task.followups.escalations:
             if es.milestone in late or es.milestone in report.milestones \
                     or any(m in report.milestones for m in es.unless):
                 continue
-            deadline = escalation_deadline(task, es, outbox, report.milestones)
+            deadline = escalation_deadline(task, es, state.outbox, report.milestones)
             if deadline is not None:
                 rules.append(Rule(deadline, f"{'Frist' if da else 'Deadline'}: "
                                   f"{_label(task, es.milestone, lang)}", "deadline"))
-    lanes = [r.name for r in view.recipients()] + [eg]
+    lanes = [r.name for r in state.recipients] + [eg]
     times = [m.at for m in marks] + [r.at for r in rules]
     start = min(times) - timedelta(days=1)
     end = max(max(times), report.now) + timedelta(days=1)
