@@ -14,18 +14,12 @@ import pytest
 from mailtracker.errors import TaskDefinitionError
 from mailtracker.followup.definition import followups_from_mapping
 from tests.plugins.workspace import THREE
-from tests.test_followup import AASE, BJOERN, KAREN, SOEREN, Scene, cph, scene
+from tests.test_followup import AASE, BJOERN, KAREN, SOEREN, Scene, _text, cph, scene
 
 __all__ = ["scene"]  # the fixture, used by name below
 
 
 DATE = r"\w+dag den \d{1,2}\. \w+ \d{4}"  # e.g. "torsdag den 19. marts 2026"
-
-
-def _text(msg: EmailMessage) -> str:
-    body = msg.get_body(("plain",))
-    assert body is not None
-    return str(body.get_content())
 
 
 def _html(msg: EmailMessage) -> str:

@@ -213,10 +213,7 @@ def _readable_by_others(path: Path) -> bool:
     return bool(mode & (stat.S_IRGRP | stat.S_IROTH))
 
 
-_Section = Table  # one table of the config file, read through the shared reader
-
-
-def _section(data: Mapping[str, Any], name: str, path: Path) -> _Section:
+def _section(data: Mapping[str, Any], name: str, path: Path) -> Table:
     return Table(data.get(name, {}), name, path)
 
 
@@ -231,7 +228,7 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _secret_source(sec: _Section) -> SecretSource:
+def _secret_source(sec: Table) -> SecretSource:
     return SecretSource(
         password_env=sec.text("password_env"),
         password_command=sec.text("password_command"),
@@ -239,7 +236,7 @@ def _secret_source(sec: _Section) -> SecretSource:
     )
 
 
-def _tls(sec: _Section, host: str) -> TlsMode:
+def _tls(sec: Table, host: str) -> TlsMode:
     tls = cast(TlsMode, sec.choice("tls", "starttls" if sec.where == "smtp" else "implicit",
                                    ("implicit", "starttls", "none")))
     if tls == "none" and not is_loopback_host(host):
@@ -349,7 +346,7 @@ def _trust(data: Mapping[str, Any], path: Path) -> TrustSettings:
 _GUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _exchange_tenant(sec: _Section, data: Mapping[str, Any]) -> str:
+def _exchange_tenant(sec: Table, data: Mapping[str, Any]) -> str:
     """The tenant whose Exchange Online verdict counts: ``[trust] tenant_id``, else the
     ``[oauth2] tenant_id`` when that is a directory id (a GUID, as Exchange writes it)."""
     own = sec.text("tenant_id")
@@ -409,7 +406,7 @@ def _oauth2(data: Mapping[str, Any], path: Path) -> OAuth2Settings | None:
     )
 
 
-def _scopes(sec: _Section, flow: OAuth2Flow) -> tuple[str, ...]:
+def _scopes(sec: Table, flow: OAuth2Flow) -> tuple[str, ...]:
     value = sec.data.get("scopes", list(DEFAULT_SCOPES[flow]))
     if (not isinstance(value, list) or not value
             or not all(isinstance(v, str) and v.strip() and v.isprintable() for v in value)):
@@ -422,7 +419,7 @@ def _scopes(sec: _Section, flow: OAuth2Flow) -> tuple[str, ...]:
     return scopes
 
 
-def _oauth2_credential(sec: _Section, flow: OAuth2Flow, secret_env: str | None,
+def _oauth2_credential(sec: Table, flow: OAuth2Flow, secret_env: str | None,
                        cert: Path | None, thumbprint: str | None) -> None:
     """The app proves itself with exactly one of: a secret (by env var) or a certificate."""
     if flow == "device_code":
