@@ -341,19 +341,13 @@ def status(state: CliState, as_json: bool, fmt: str | None) -> None:
     """Show where the task stands: KLIK status, recipients, milestones, next step."""
     if as_json and fmt is not None:
         raise click.UsageError("--json and --format exclude each other: choose one")
-    from mailtracker.settings.trustcheck import trust_mode, trust_warnings
+    from mailtracker.settings.trustcheck import trust_mode
     from mailtracker.task.report import build_report, to_json, to_markdown, to_text
 
     app = state.app()
     view = app.store.snapshot()
-    restored = app.store.unrecorded_sends()
     report = build_report(app.task, view, organisation=app.settings.organisation, now=app.now(),
-                          warnings=[*app.store.warnings, *trust_warnings(app.settings),
-                                    *([f"{len(restored)} mail(s) went out that this state file "
-                                       "does not record (restored from an older backup?); "
-                                       "notify and tick refuse until that is settled"]
-                                      if restored else [])],
-                          trust=trust_mode(app.settings))
+                          warnings=_state_warnings(app), trust=trust_mode(app.settings))
     if as_json:
         _echo_json(to_json(report))
     elif fmt == "markdown":
@@ -383,14 +377,14 @@ def report(state: CliState, html_path: Path | None, pdf_path: Path | None, lang:
         raise click.UsageError("give --html PATH, --pdf PATH or both")
     from mailtracker.dossier.model import build_dossier
     from mailtracker.dossier.page import render_html, write_html, write_pdf
-    from mailtracker.settings.trustcheck import trust_mode, trust_warnings
+    from mailtracker.settings.trustcheck import trust_mode
 
     app = state.app()
     language = lang or app.settings.language
-    dossier = build_dossier(app.task, app.store.snapshot(), organisation=app.settings.organisation,
+    view = app.store.snapshot()
+    dossier = build_dossier(app.task, view, organisation=app.settings.organisation,
                             now=app.now(), lang=language, state_file=app.store.path,
-                            trust=trust_mode(app.settings),
-                            warnings=(*app.store.warnings, *trust_warnings(app.settings)))
+                            trust=trust_mode(app.settings), warnings=tuple(_state_warnings(app)))
     html = render_html(dossier, app.task.followups.calendar.tz)
     written: dict[str, str] = {}
     if html_path is not None and str(html_path) == "-":
@@ -410,6 +404,18 @@ def report(state: CliState, html_path: Path | None, pdf_path: Path | None, lang:
         return
     for kind, path in written.items():
         click.echo(f"Wrote the dossier ({kind.upper()}, {language}) to {path}")
+
+
+def _state_warnings(app: App) -> list[str]:
+    """What ``status`` and the dossier warn about: a journal line the last read skipped,
+    weakened sender authentication, and mail sent that the state file does not record."""
+    from mailtracker.settings.trustcheck import trust_warnings
+
+    restored = app.store.unrecorded_sends()
+    return [*app.store.warnings, *trust_warnings(app.settings),
+            *([f"{len(restored)} mail(s) went out that this state file does not record "
+               "(restored from an older backup?); notify and tick refuse until that is "
+               "settled"] if restored else [])]
 
 
 # --------------------------------------------------------------------------- manual steps

@@ -129,6 +129,9 @@ def test_a_state_restored_from_an_older_backup_sends_nobody_a_second_copy(
     status = told.cli("status")
     assert status.exit_code == 0
     assert "Warning: 1 mail(s) went out that this state file does not record" in status.output
+    dossier = told.cli("report", "--html", "-")
+    assert dossier.exit_code == 0
+    assert "1 mail(s) went out that this state file does not record" in dossier.stdout
     # The person in charge compares with the Sent folder and moves the ledger aside: the
     # state is taken as it is (here it would send the fourth mail again, knowingly).
     ledger = told.store_path.with_name("mailtracker.json.sent")
