@@ -15,14 +15,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from mailtracker.dossier.model import Dossier
+from mailtracker.dossier.timeline import short_date
 from mailtracker.errors import InvalidInputError, MissingExtraError
 from mailtracker.resources import data_dir
 from mailtracker.store.storage import replace_file
 
 PDF_VARIANT = "pdf/a-3b"
-_DA_MONTHS = ("jan.", "feb.", "mar.", "apr.", "maj", "jun.", "jul.", "aug.", "sep.", "okt.",
-              "nov.", "dec.")
-_EN_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 WORDS: dict[str, dict[str, str]] = {
     "da": {
@@ -146,7 +144,6 @@ def _environment() -> Any:
         undefined=jinja2.StrictUndefined, autoescape=True, trim_blocks=True,
         lstrip_blocks=True)
     env.filters["when"] = _when
-    env.filters["day"] = _day
     env.filters["num"] = lambda value: f"{value:.1f}"
     return env
 
@@ -156,15 +153,5 @@ def _when(at: datetime | None, tz: ZoneInfo, lang: str) -> str:
     if at is None:
         return "–"
     local = at.astimezone(tz)
-    if lang == "en":
-        return f"{local.day} {_EN_MONTHS[local.month - 1]} {local.year} {local:%H:%M}"
-    return f"{local.day}. {_DA_MONTHS[local.month - 1]} {local.year} {local:%H.%M}"
-
-
-def _day(at: datetime | None, tz: ZoneInfo, lang: str) -> str:
-    if at is None:
-        return "–"
-    local = at.astimezone(tz)
-    if lang == "en":
-        return f"{local.day} {_EN_MONTHS[local.month - 1]} {local.year}"
-    return f"{local.day}. {_DA_MONTHS[local.month - 1]} {local.year}"
+    return f"{short_date(local, lang)} {local:%H:%M}" if lang == "en" \
+        else f"{short_date(local, lang)} {local:%H.%M}"

@@ -32,8 +32,17 @@ GAP = 6  # between boxes in a row, and between a shape and its label
 MAX_LABEL = 34  # characters; the full text is in the mark's <title>
 MAX_LANE = 28
 TICK_BAND = 20  # the tick labels' row, between the rules' labels and the axis
-_DA_MONTHS = ("jan", "feb", "mar", "apr", "maj", "jun", "jul", "aug", "sep", "okt", "nov", "dec")
-_EN_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS = {"da": ("jan.", "feb.", "mar.", "apr.", "maj", "jun.", "jul.", "aug.", "sep.", "okt.",
+                   "nov.", "dec."),
+           "en": ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+                  "Dec")}
+
+
+def short_date(local: datetime, lang: str, *, year: bool = True) -> str:
+    """``3. mar. 2026`` / ``3 Mar 2026`` (without the year for the timeline's ticks)."""
+    month = _MONTHS["en" if lang == "en" else "da"][local.month - 1]
+    text = f"{local.day} {month}" if lang == "en" else f"{local.day}. {month}"
+    return f"{text} {local.year}" if year else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +183,7 @@ def _place(x: float, top: float, text: str, title: str, kind: str,
 def _ticks(start: datetime, end: datetime, tz: ZoneInfo,
            lang: str) -> list[tuple[datetime, str]]:
     """Midnights (local) from ``start`` to ``end``: days, weeks or months, at most 12."""
-    months = _EN_MONTHS if lang == "en" else _DA_MONTHS
+    months = _MONTHS["en" if lang == "en" else "da"]
     first = start.astimezone(tz)
     days = (end - start).days + 1
     out: list[tuple[datetime, str]] = []
@@ -193,8 +202,6 @@ def _ticks(start: datetime, end: datetime, tz: ZoneInfo,
         day += timedelta(days=(7 - day.weekday()) % 7)
     while day <= end:
         if day >= start:
-            text = f"{day.day}. {months[day.month - 1]}" if lang == "da" \
-                else f"{day.day} {months[day.month - 1]}"
-            out.append((day, text))
+            out.append((day, short_date(day, lang, year=False)))
         day = datetime.combine(day.date() + timedelta(days=step), day.time(), tzinfo=tz)
     return out
