@@ -48,7 +48,7 @@ from mailtracker.store import handled, ledger
 from mailtracker.store.buffer import StateDB, TransactionStorage
 from mailtracker.store.codec import from_doc, to_doc
 from mailtracker.store.handled import HandledIndex
-from mailtracker.store.storage import Loaded, StateFile
+from mailtracker.store.storage import Loaded, Ops, StateFile
 
 SCHEMA_VERSION = 2
 log = logging.getLogger("mailtracker.store")
@@ -323,7 +323,7 @@ class Store:
         return loaded
 
     def _record_sent(self, before: dict[str, Any], after: dict[str, Any],
-                     ops: list[list[Any]] | None) -> None:
+                     ops: Ops | None) -> None:
         """Keep the sent ledger in step with what the commit marked as gone (or removed)."""
         old, new = before.get("outbox", {}), after.get("outbox", {})
         if ops is not None:
